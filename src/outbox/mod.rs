@@ -1,0 +1,290 @@
+//! The outbox table: row types, all SQL, migrations and wake-ups.
+//!
+//! Invariants owned here:
+//! - every statement is rendered from a validated, quoted schema name and takes
+//!   its values as bind parameters (invariant 7);
+//! - claims lock rows `FOR UPDATE SKIP LOCKED` inside the caller's transaction,
+//!   so marking happens under the same claim (invariants 1 and 5);
+//! - failure bookkeeping (attempts, error, backoff, dead-lettering) is one
+//!   statement per batch and never deletes a row (invariant 3).
+
+mod ident;
+pub mod migrate;
+mod row;
+mod sql;
+
+pub use ident::{Identifier, IdentifierError};
+pub use row::{Inserted, MessageId, NewMessage, OutboxRow, RowId, RowView, Stats};
+pub use sql::Statements;
+
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Failures of the database side, for callers that branch on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("table {table} does not exist: run `outbox-relay migrate --schema {schema}` first")]
+    TableMissing { table: String, schema: String },
+}
+
+/// What happens to a row once the broker confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum OnSent {
+    /// Set `sent_at`; purge after the retention period.
+    Mark,
+    /// Delete the row in the claiming transaction.
+    Delete,
+}
+
+/// One failed row of a batch, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub id: RowId,
+    pub error: String,
+    /// Backoff before the row becomes due again.
+    pub delay: Duration,
+    /// Set `dead_at`: the row leaves the pending set but is kept.
+    pub dead: bool,
+}
+
+/// Pool sizing and timeouts for [`connect_pool`].
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    pub max_size: usize,
+    /// Bounds waiting for, and creating, a connection.
+    pub timeout: Duration,
+}
+
+/// Builds a connection pool. Connections are created lazily, so this does not
+/// fail when the database is down; broken connections (a terminated backend)
+/// are detected on checkout and replaced.
+pub fn connect_pool(
+    config: tokio_postgres::Config,
+    options: PoolOptions,
+) -> Result<Pool, deadpool_postgres::BuildError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.max_size)
+        .wait_timeout(Some(options.timeout))
+        .create_timeout(Some(options.timeout))
+        .recycle_timeout(Some(options.timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+}
+
+/// One schema's outbox table, reached through a connection pool.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: Pool,
+    schema: Identifier,
+    sql: Arc<Statements>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("table", &self.sql.table)
+            .finish()
+    }
+}
+
+impl Outbox {
+    pub fn new(pool: Pool, schema: Identifier) -> Self {
+        let sql = Arc::new(Statements::new(&schema));
+        Self { pool, schema, sql }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &Identifier {
+        &self.schema
+    }
+
+    /// The quoted, schema-qualified table name.
+    pub fn table(&self) -> &str {
+        &self.sql.table
+    }
+
+    /// Fails with [`StoreError::TableMissing`] when the migration has not run.
+    pub async fn ensure_table(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.sql.table])
+            .await?;
+        if row.get::<_, bool>(0) {
+            Ok(())
+        } else {
+            Err(StoreError::TableMissing {
+                table: self.sql.table.clone(),
+                schema: self.schema.to_string(),
+            })
+        }
+    }
+
+    /// Locks up to `limit` due rows for the lifetime of `tx`.
+    pub async fn claim(
+        &self,
+        tx: &Transaction<'_>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let stmt = tx.prepare_cached(&self.sql.claim).await?;
+        let rows = tx.query(&stmt, &[&limit]).await?;
+        Ok(rows.iter().map(OutboxRow::from_row).collect())
+    }
+
+    /// Marks (or deletes) confirmed rows. Must run in the claiming `tx`.
+    pub async fn complete(
+        &self,
+        tx: &Transaction<'_>,
+        ids: &[i64],
+        on_sent: OnSent,
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = match on_sent {
+            OnSent::Mark => &self.sql.mark_sent,
+            OnSent::Delete => &self.sql.delete_sent,
+        };
+        let stmt = tx.prepare_cached(sql).await?;
+        Ok(tx.execute(&stmt, &[&ids]).await?)
+    }
+
+    /// Records failed attempts of a batch in one statement.
+    pub async fn record_failures(
+        &self,
+        tx: &Transaction<'_>,
+        failures: &[Failure],
+    ) -> Result<u64, StoreError> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = failures.iter().map(|f| f.id.0).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<f64> = failures
+            .iter()
+            .map(|f| f.delay.as_secs_f64() * 1000.0)
+            .collect();
+        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+        let stmt = tx.prepare_cached(&self.sql.record_failures).await?;
+        Ok(tx.execute(&stmt, &[&ids, &errors, &delays, &dead]).await?)
+    }
+
+    /// Deletes up to `limit` rows sent longer ago than `older_than`.
+    pub async fn purge_sent(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.sql.purge_sent).await?;
+        Ok(client
+            .execute(&stmt, &[&older_than.as_secs_f64(), &limit])
+            .await?)
+    }
+
+    /// Inserts one message through `client` (a pooled connection or the
+    /// caller's transaction).
+    pub async fn insert_with(
+        &self,
+        client: &impl GenericClient,
+        message: &NewMessage,
+    ) -> Result<Inserted, StoreError> {
+        let stmt = client.prepare_cached(&self.sql.insert).await?;
+        let headers = serde_json::Value::Object(message.headers.clone());
+        let delay_ms = message.delay.as_secs_f64() * 1000.0;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &message.message_id,
+                    &message.exchange,
+                    &message.routing_key,
+                    &message.payload,
+                    &message.content_type,
+                    &headers,
+                    &delay_ms,
+                ],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => Inserted::New(RowId(row.get(0)), MessageId(row.get(1))),
+            None => Inserted::Duplicate,
+        })
+    }
+
+    /// Inserts one message in its own transaction.
+    pub async fn insert(&self, message: &NewMessage) -> Result<Inserted, StoreError> {
+        let client = self.pool.get().await?;
+        self.insert_with(&client, message).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_one(&self.sql.stats, &[]).await?;
+        Ok(Stats {
+            pending: row.get(0),
+            due: row.get(1),
+            sent: row.get(2),
+            dead: row.get(3),
+            oldest_pending_seconds: row.get(4),
+        })
+    }
+
+    /// Finds a row by message_id or by id.
+    pub async fn find(&self, key: &RowKey) -> Result<Option<RowView>, StoreError> {
+        let (message_id, id) = match key {
+            RowKey::MessageId(m) => (Some(*m), None::<i64>),
+            RowKey::Id(i) => (None, Some(*i)),
+        };
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(&self.sql.find, &[&message_id, &id])
+            .await?;
+        Ok(row.as_ref().map(RowView::from_row))
+    }
+
+    pub async fn list_dead(&self, limit: i64) -> Result<Vec<RowView>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(&self.sql.list_dead, &[&limit]).await?;
+        Ok(rows.iter().map(RowView::from_row).collect())
+    }
+
+    /// Makes dead rows pending again (all of them when `ids` is `None`).
+    pub async fn replay(&self, ids: Option<&[i64]>) -> Result<Vec<i64>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(&self.sql.replay, &[&ids]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// How an operator names a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKey {
+    Id(i64),
+    MessageId(Uuid),
+}
+
+impl std::str::FromStr for RowKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(id) = s.parse::<i64>() {
+            return Ok(Self::Id(id));
+        }
+        Uuid::parse_str(s)
+            .map(Self::MessageId)
+            .map_err(|_| format!("{s:?} is neither a row id (integer) nor a message_id (UUID)"))
+    }
+}

@@ -1,0 +1,112 @@
+//! Every statement the relay runs against the outbox table.
+//!
+//! Statements are templates with a `{table}` placeholder, rendered once per
+//! configured schema (a validated, quoted identifier, invariant 7) into
+//! [`Statements`]; every value is a bind parameter. Callers prepare them with
+//! `prepare_cached`, so each connection parses each statement once.
+
+use super::Identifier;
+
+/// Pending rows due now, oldest first, locked for this transaction only.
+/// `SKIP LOCKED` lets several relays (or workers) claim disjoint batches
+/// without waiting on each other (invariant 5).
+const CLAIM: &str =
+    "SELECT id, message_id, exchange, routing_key, payload, content_type, headers, attempts,
+       extract(epoch FROM created_at)::bigint
+FROM {table}
+WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED";
+
+/// `--on-sent mark`: confirmed rows leave the pending set but stay visible.
+const MARK_SENT: &str = "UPDATE {table} SET sent_at = now() WHERE id = ANY($1::bigint[])";
+
+/// `--on-sent delete`: confirmed rows are removed.
+const DELETE_SENT: &str = "DELETE FROM {table} WHERE id = ANY($1::bigint[])";
+
+/// One statement for every failed row of a batch: attempts, error, backoff on
+/// the database's clock, and the dead-letter decision made by the caller.
+const RECORD_FAILURES: &str = "UPDATE {table} AS o
+SET attempts = o.attempts + 1,
+    last_error = f.error,
+    available_at = now() + f.delay_ms * interval '1 millisecond',
+    dead_at = CASE WHEN f.dead THEN now() END
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[]) AS f(id, error, delay_ms, dead)
+WHERE o.id = f.id";
+
+/// Removes up to `$2` rows sent more than `$1` seconds ago.
+const PURGE_SENT: &str = "DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table}
+    WHERE sent_at < now() - $1::float8 * interval '1 second'
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)";
+
+/// Inserts one message; a repeated message_id is stored once.
+const INSERT: &str = "INSERT INTO {table}
+    (message_id, exchange, routing_key, payload, content_type, headers, available_at)
+VALUES (COALESCE($1::uuid, gen_random_uuid()), $2, $3, $4, $5, $6,
+        now() + $7::float8 * interval '1 millisecond')
+ON CONFLICT (message_id) DO NOTHING
+RETURNING id, message_id";
+
+/// Counts by state, for `stats` and health reporting.
+const STATS: &str = "SELECT
+    count(*) FILTER (WHERE sent_at IS NULL AND dead_at IS NULL),
+    count(*) FILTER (WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()),
+    count(*) FILTER (WHERE sent_at IS NOT NULL),
+    count(*) FILTER (WHERE dead_at IS NOT NULL),
+    COALESCE(EXTRACT(epoch FROM now() - min(created_at)
+        FILTER (WHERE sent_at IS NULL AND dead_at IS NULL))::float8, 0)
+FROM {table}";
+
+/// Rows for `show` / `dead`: timestamps rendered by the database.
+const DESCRIBE_COLUMNS: &str = "id, message_id, exchange, routing_key, content_type, headers,
+    length(payload)::bigint, attempts, last_error,
+    created_at::text, available_at::text, sent_at::text, dead_at::text";
+
+/// Dead-lettered rows become pending again with a fresh attempt budget.
+const REPLAY: &str = "UPDATE {table}
+SET dead_at = NULL, attempts = 0, available_at = now()
+WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+RETURNING id";
+
+/// The rendered statements for one outbox table.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    pub table: String,
+    pub claim: String,
+    pub mark_sent: String,
+    pub delete_sent: String,
+    pub record_failures: String,
+    pub purge_sent: String,
+    pub insert: String,
+    pub stats: String,
+    pub find: String,
+    pub list_dead: String,
+    pub replay: String,
+}
+
+impl Statements {
+    pub fn new(schema: &Identifier) -> Self {
+        let table = format!("{}.outbox", schema.quoted());
+        let render = |template: &str| template.replace("{table}", &table);
+        Self {
+            claim: render(CLAIM),
+            mark_sent: render(MARK_SENT),
+            delete_sent: render(DELETE_SENT),
+            record_failures: render(RECORD_FAILURES),
+            purge_sent: render(PURGE_SENT),
+            insert: render(INSERT),
+            stats: render(STATS),
+            find: format!(
+                "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE message_id = $1 OR id = $2"
+            ),
+            list_dead: format!(
+                "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE dead_at IS NOT NULL ORDER BY id LIMIT $1"
+            ),
+            replay: render(REPLAY),
+            table,
+        }
+    }
+}
