@@ -1,0 +1,267 @@
+//! Turning an outbox row into an AMQP message (pure, no I/O).
+//!
+//! Everything that can make a row unpublishable is detected here, before a
+//! frame is sent, so a malformed row fails alone (invariant 8) instead of
+//! closing the channel under its whole batch.
+
+use crate::outbox::OutboxRow;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use serde_json::Value;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+/// Nesting deeper than this is refused rather than recursed into.
+const MAX_DEPTH: usize = 16;
+
+/// Why a row cannot become an AMQP message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("headers must be a JSON object, found {0}")]
+    HeadersNotObject(&'static str),
+    #[error("{field} is {len} bytes; AMQP short strings hold at most 255")]
+    TooLong { field: String, len: usize },
+    #[error("header {key:?}: integer {value} does not fit a signed 64-bit AMQP integer")]
+    IntegerOutOfRange { key: String, value: String },
+    #[error("header {key:?}: nested deeper than {MAX_DEPTH} levels")]
+    TooDeep { key: String },
+}
+
+/// A row ready for `basic_publish`.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
+    pub properties: BasicProperties,
+}
+
+/// Builds exchange, routing key and properties: persistent, `message_id`,
+/// `content_type`, `timestamp` (from `created_at`) and the headers table.
+pub fn encode(row: &OutboxRow) -> Result<Encoded, EncodeError> {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(short("message_id", row.message_id.to_string())?)
+        .with_timestamp(u64::try_from(row.created_epoch).unwrap_or(0))
+        .with_headers(headers_table(&row.headers)?);
+    if let Some(content_type) = &row.content_type {
+        properties = properties.with_content_type(short("content_type", content_type.clone())?);
+    }
+    Ok(Encoded {
+        exchange: short("exchange", row.exchange.clone())?,
+        routing_key: short("routing_key", row.routing_key.clone())?,
+        properties,
+    })
+}
+
+/// Converts the `headers` jsonb object into an AMQP field table.
+///
+/// Strings become long strings, integers 64-bit signed integers, other
+/// numbers doubles, `null` void, arrays field arrays and objects nested
+/// tables.
+pub fn headers_table(headers: &Value) -> Result<FieldTable, EncodeError> {
+    match headers {
+        Value::Object(map) => object_table(map, "", 0),
+        Value::Null => Ok(FieldTable::default()),
+        other => Err(EncodeError::HeadersNotObject(json_kind(other))),
+    }
+}
+
+fn object_table(
+    map: &serde_json::Map<String, Value>,
+    path: &str,
+    depth: usize,
+) -> Result<FieldTable, EncodeError> {
+    let mut table = FieldTable::default();
+    for (key, value) in map {
+        let key_path = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let name = short(&format!("header name {key_path:?}"), key.clone())?;
+        table.insert(name, value_of(value, &key_path, depth + 1)?);
+    }
+    Ok(table)
+}
+
+fn value_of(value: &Value, key: &str, depth: usize) -> Result<AMQPValue, EncodeError> {
+    if depth > MAX_DEPTH {
+        return Err(EncodeError::TooDeep {
+            key: key.to_owned(),
+        });
+    }
+    Ok(match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                AMQPValue::LongLongInt(i)
+            } else if n.is_u64() {
+                return Err(EncodeError::IntegerOutOfRange {
+                    key: key.to_owned(),
+                    value: n.to_string(),
+                });
+            } else {
+                AMQPValue::Double(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+        Value::Array(items) => {
+            let values = items
+                .iter()
+                .map(|item| value_of(item, key, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            AMQPValue::FieldArray(FieldArray::from(values))
+        }
+        Value::Object(map) => AMQPValue::FieldTable(object_table(map, key, depth)?),
+    })
+}
+
+/// The inverse of [`headers_table`], for display (`tail`) and tests:
+/// byte strings that are valid UTF-8 become JSON strings.
+pub fn table_to_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+            .collect(),
+    )
+}
+
+fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(i) => (*i).into(),
+        AMQPValue::ShortShortUInt(i) => (*i).into(),
+        AMQPValue::ShortInt(i) => (*i).into(),
+        AMQPValue::ShortUInt(i) => (*i).into(),
+        AMQPValue::LongInt(i) => (*i).into(),
+        AMQPValue::LongUInt(i) => (*i).into(),
+        AMQPValue::LongLongInt(i) => (*i).into(),
+        AMQPValue::Timestamp(t) => (*t).into(),
+        AMQPValue::Float(f) => f64::from(*f).into(),
+        AMQPValue::Double(f) => (*f).into(),
+        AMQPValue::DecimalValue(d) => (f64::from(d.value) / 10f64.powi(i32::from(d.scale))).into(),
+        AMQPValue::ShortString(s) => s.as_str().into(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned().into(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned().into(),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+fn short(field: &str, value: String) -> Result<ShortString, EncodeError> {
+    let len = value.len();
+    ShortString::try_new(value).map_err(|_| EncodeError::TooLong {
+        field: field.to_owned(),
+        len,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn scalar_headers_map_to_their_amqp_types() {
+        let table = headers_table(&json!({
+            "s": "text", "i": -7, "f": 1.5, "b": true, "n": null,
+            "a": [1, "x"], "o": {"k": "v"}
+        }))
+        .unwrap();
+        let inner = table.inner();
+        assert_eq!(inner["s"], AMQPValue::LongString("text".into()));
+        assert_eq!(inner["i"], AMQPValue::LongLongInt(-7));
+        assert_eq!(inner["f"], AMQPValue::Double(1.5));
+        assert_eq!(inner["b"], AMQPValue::Boolean(true));
+        assert_eq!(inner["n"], AMQPValue::Void);
+        assert!(matches!(inner["a"], AMQPValue::FieldArray(_)));
+        assert!(matches!(inner["o"], AMQPValue::FieldTable(_)));
+    }
+
+    #[test]
+    fn non_object_headers_are_refused() {
+        assert_eq!(
+            headers_table(&json!([1, 2])),
+            Err(EncodeError::HeadersNotObject("an array"))
+        );
+        assert_eq!(
+            headers_table(&json!("x")),
+            Err(EncodeError::HeadersNotObject("a string"))
+        );
+    }
+
+    #[test]
+    fn an_overlong_header_name_or_huge_integer_is_refused() {
+        let long = "k".repeat(256);
+        assert!(matches!(
+            headers_table(&json!({ long: 1 })),
+            Err(EncodeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            headers_table(&json!({ "big": u64::MAX })),
+            Err(EncodeError::IntegerOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_recursed() {
+        let mut v = json!(1);
+        for _ in 0..40 {
+            v = json!({ "k": v });
+        }
+        assert!(matches!(
+            headers_table(&v),
+            Err(EncodeError::TooDeep { .. })
+        ));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|u| json!(u)),
+            (-1e9f64..1e9).prop_map(|f| json!(f)),
+            "\\PC{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,300}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any JSON either converts or is refused with an error: never a panic,
+        /// and an accepted object converts back to itself.
+        #[test]
+        fn any_json_converts_or_is_refused_cleanly(v in arb_json()) {
+            match headers_table(&v) {
+                Ok(table) => {
+                    if v.is_object() {
+                        prop_assert_eq!(table_to_json(&table), v);
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The broker side: one lapin connection, a confirm-mode channel per worker,
+//! reconnection, and the exchange existence cache.
+//!
+//! Invariants owned here:
+//! - every publishing channel is in confirm mode before its first publish;
+//! - a channel or connection that failed is never reused: callers drop their
+//!   [`Publisher`] and ask for a fresh one, which reconnects if needed;
+//! - publishes are `mandatory` and persistent, and a returned message is a
+//!   failure even though RabbitMQ acks it (invariant 2, see [`publish`]).
+
+mod encode;
+pub mod publish;
+
+pub use encode::{EncodeError, Encoded, encode, headers_table, table_to_json};
+pub use publish::{PublishError, Publisher};
+
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use std::collections::HashSet;
+use std::sync::Mutex as SyncMutex;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Broker-level failures: the relay backs off and retries on all of them.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot open a channel: {0}")]
+    Channel(#[source] lapin::Error),
+}
+
+/// Whether an exchange exists, as far as a passive declare can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeState {
+    Exists,
+    Missing,
+}
+
+/// Shared connection to RabbitMQ; hands out confirm-mode channels.
+pub struct Broker {
+    url: String,
+    connect_timeout: Duration,
+    connection: Mutex<Option<Connection>>,
+    known_exchanges: SyncMutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// `url` may hold a password: it is never logged or printed.
+    pub fn new(url: String, connect_timeout: Duration) -> Self {
+        Self {
+            url,
+            connect_timeout,
+            connection: Mutex::new(None),
+            known_exchanges: SyncMutex::new(HashSet::new()),
+        }
+    }
+
+    /// A new channel in confirm mode, reconnecting first if the connection is
+    /// missing or broken.
+    pub async fn publisher(&self) -> Result<Publisher, BrokerError> {
+        let channel = self.open_channel().await?;
+        tokio::time::timeout(
+            self.connect_timeout,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(self.connect_timeout))?
+        .map_err(BrokerError::Channel)?;
+        Ok(Publisher::new(channel))
+    }
+
+    /// A plain channel (no confirms), for declarations and consumers.
+    pub async fn open_channel(&self) -> Result<lapin::Channel, BrokerError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.status().connected()
+        {
+            let created = tokio::time::timeout(self.connect_timeout, conn.create_channel()).await;
+            match created {
+                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Err(e)) => tracing::warn!(error = %e, "channel open failed; reconnecting"),
+                Err(_) => tracing::warn!("channel open timed out; reconnecting"),
+            }
+        }
+        if let Some(old) = guard.take() {
+            // Best effort: the old connection is broken or unhelpful.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.close(320, "reconnecting".into()),
+            )
+            .await;
+        }
+        let conn = tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect(&self.url, connection_properties()),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(self.connect_timeout))?
+        .map_err(BrokerError::Connect)?;
+        tracing::info!("connected to the broker");
+        // Exchanges may have changed while we were away.
+        self.forget_exchanges();
+        let channel = tokio::time::timeout(self.connect_timeout, conn.create_channel())
+            .await
+            .map_err(|_| BrokerError::Timeout(self.connect_timeout))?
+            .map_err(BrokerError::Channel)?;
+        *guard = Some(conn);
+        Ok(channel)
+    }
+
+    /// Checks (and caches) that `name` exists, with a passive declare on a
+    /// throwaway channel: a missing exchange closes that channel, not a
+    /// publishing one.
+    pub async fn exchange_state(&self, name: &str) -> Result<ExchangeState, BrokerError> {
+        if name.is_empty()
+            || self
+                .known_exchanges
+                .lock()
+                .expect("poisoned")
+                .contains(name)
+        {
+            return Ok(ExchangeState::Exists);
+        }
+        let channel = self.open_channel().await?;
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let declared = tokio::time::timeout(
+            self.connect_timeout,
+            channel.exchange_declare(
+                name.into(),
+                ExchangeKind::Direct,
+                options,
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(self.connect_timeout))?;
+        match declared {
+            Ok(()) => {
+                let _ = channel.close(200, "ok".into()).await;
+                self.known_exchanges
+                    .lock()
+                    .expect("poisoned")
+                    .insert(name.to_owned());
+                Ok(ExchangeState::Exists)
+            }
+            Err(e) if is_not_found(&e) => Ok(ExchangeState::Missing),
+            Err(e) => Err(BrokerError::Channel(e)),
+        }
+    }
+
+    /// Drops the exchange cache (after a channel failure or reconnect).
+    pub fn forget_exchanges(&self) {
+        self.known_exchanges.lock().expect("poisoned").clear();
+    }
+
+    /// Closes the connection, if any (shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.connection.lock().await.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "shutdown".into()))
+                    .await;
+        }
+    }
+
+    /// True while the connection is up (health reporting).
+    pub async fn is_connected(&self) -> bool {
+        self.connection
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+    }
+}
+
+fn connection_properties() -> ConnectionProperties {
+    ConnectionProperties::default().with_connection_name("outbox-relay".into())
+}
+
+/// A 404 NOT_FOUND channel exception (passive declare of a missing exchange).
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}

@@ -1,0 +1,138 @@
+//! Publishing a batch on one confirm-mode channel and classifying confirms.
+//!
+//! All publishes of a batch are written before any confirm is awaited, and
+//! the confirms are awaited together under one deadline: the broker sees a
+//! full window at once instead of one round trip per message.
+
+use super::Encoded;
+use futures::StreamExt;
+use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, Confirmation};
+use std::time::Duration;
+use tokio::time::{Instant, timeout_at};
+
+/// Why one message was not confirmed. Only `Ok(())` lets a row be marked sent.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// `mandatory` and unroutable: RabbitMQ returns it, then acks it
+    /// (lapin's `Confirmation::Ack(Some(returned))`).
+    #[error("returned by the broker as unroutable ({code} {text})")]
+    Returned { code: u16, text: String },
+    #[error("negatively acknowledged by the broker (queue full, rejecting, or internal error)")]
+    Nacked,
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("channel or connection lost with the publish in flight: {0}")]
+    Connection(#[source] lapin::Error),
+    #[error("the channel was not in confirm mode")]
+    NotConfirmed,
+}
+
+impl PublishError {
+    /// The same message may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::NotConfirmed)
+    }
+
+    /// The channel can no longer be trusted and must be replaced.
+    pub fn breaks_channel(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_) | Self::Connection(_) | Self::NotConfirmed
+        )
+    }
+}
+
+/// One message of a batch: payload plus its encoded envelope.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub payload: &'a [u8],
+    pub envelope: Encoded,
+}
+
+/// A confirm-mode channel owned by one worker.
+#[derive(Debug)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub(super) fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+
+    pub fn is_usable(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes `batch` and returns one result per message, in order.
+    /// Nothing here retries: the caller records failures and backs off.
+    pub async fn publish_batch(
+        &self,
+        batch: Vec<Outgoing<'_>>,
+        confirm_timeout: Duration,
+    ) -> Vec<Result<(), PublishError>> {
+        let deadline = Instant::now() + confirm_timeout;
+        let count = batch.len();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        // join_all polls in order, so frames (and delivery tags) follow row
+        // order while the writes proceed concurrently.
+        let sends = batch.into_iter().map(|out| {
+            self.channel.basic_publish(
+                out.envelope.exchange,
+                out.envelope.routing_key,
+                options,
+                out.payload,
+                out.envelope.properties,
+            )
+        });
+        let Ok(sent) = timeout_at(deadline, join_all(sends)).await else {
+            return (0..count)
+                .map(|_| Err(PublishError::Timeout(confirm_timeout)))
+                .collect();
+        };
+
+        let mut results: Vec<Result<(), PublishError>> = Vec::with_capacity(sent.len());
+        let mut confirms = FuturesUnordered::new();
+        for (index, send) in sent.into_iter().enumerate() {
+            results.push(Err(PublishError::Timeout(confirm_timeout)));
+            match send {
+                Ok(confirm) => confirms.push(async move { (index, confirm.await) }),
+                Err(e) => results[index] = Err(PublishError::Connection(e)),
+            }
+        }
+        // Anything still unconfirmed at the deadline keeps its Timeout.
+        while let Ok(Some((index, confirmation))) = timeout_at(deadline, confirms.next()).await {
+            results[index] = classify(confirmation);
+        }
+        results
+    }
+
+    /// Closes the channel (best effort).
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.channel.close(200, "done".into()),
+        )
+        .await;
+    }
+}
+
+/// Maps lapin's confirm onto success or a [`PublishError`] (invariant 2).
+pub fn classify(confirmation: lapin::Result<Confirmation>) -> Result<(), PublishError> {
+    match confirmation {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::Returned {
+            code: returned.reply_code,
+            text: returned.reply_text.to_string(),
+        }),
+        Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+        Ok(Confirmation::NotRequested) => Err(PublishError::NotConfirmed),
+        Err(e) => Err(PublishError::Connection(e)),
+    }
+}
