@@ -1,0 +1,176 @@
+//! Wiring for `outbox-relay run`: builds the pool, the broker connection and
+//! the workers, and runs them until a cancellation token fires. Used by
+//! `main` and by the integration tests alike.
+//!
+//! Shutdown (invariant 6): cancelling the token stops new claims; every
+//! worker finishes the batch it has in flight; `run_until_stopped` returns
+//! once all have, or fails when `--shutdown-timeout` passes first.
+
+use crate::amqp::Broker;
+use crate::config::RunArgs;
+use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool};
+use crate::relay::{Backoff, Relay, RelaySettings, WorkerOptions, run_purger, run_worker};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bounds connecting to, and waiting for, either service.
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Extra time the database allows a claiming session to sit idle in a
+/// transaction beyond the relay's own step bound before killing it.
+const IDLE_TX_MARGIN: Duration = Duration::from_secs(5);
+
+/// A configured relay, connected to its database, ready to run.
+pub struct App {
+    args: RunArgs,
+    outbox: Outbox,
+    broker: Arc<Broker>,
+    wake: Arc<Notify>,
+}
+
+impl App {
+    /// Validates `args`, connects to the database and checks that the outbox
+    /// table exists. An unreachable broker is not an error: the workers keep
+    /// retrying, and rows wait in the table meanwhile.
+    pub async fn build(args: RunArgs) -> anyhow::Result<Self> {
+        args.validate()?;
+        let pg = relay_pg_config(&args);
+        let pool = connect_pool(
+            pg,
+            PoolOptions {
+                max_size: args.concurrency.get() + 2,
+                timeout: SERVICE_TIMEOUT,
+            },
+        )
+        .context("building the database pool")?;
+        let outbox = Outbox::new(pool, args.db.schema.clone());
+        outbox
+            .ensure_table()
+            .await
+            .with_context(|| format!("checking the outbox table at {}", args.db.database_url))?;
+        let broker = Arc::new(Broker::new(
+            args.amqp.amqp_url.expose().to_owned(),
+            SERVICE_TIMEOUT,
+        ));
+        Ok(Self {
+            args,
+            outbox,
+            broker,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Wakes idle workers at once (e.g. after an in-process insert).
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// One worker's relay step, for tests that drive it directly.
+    pub fn relay(&self) -> Relay {
+        Relay::new(self.outbox.clone(), self.broker.clone(), self.settings())
+    }
+
+    fn settings(&self) -> RelaySettings {
+        RelaySettings {
+            batch_size: self.args.batch_size.get(),
+            confirm_timeout: self.args.confirm_timeout,
+            max_attempts: self.args.max_attempts.get(),
+            backoff: Backoff {
+                base: self.args.backoff_base,
+                max: self.args.backoff_max,
+            },
+            on_sent: self.args.on_sent,
+        }
+    }
+
+    /// Runs the workers (and the retention purger) until `stop` fires, then
+    /// drains what is in flight within the shutdown timeout.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let options = WorkerOptions {
+            poll_interval: self.args.poll_interval,
+            step_timeout: step_timeout(&self.args),
+            error_backoff_max: Duration::from_secs(10),
+        };
+        tracing::info!(
+            table = self.outbox.table(),
+            database = %self.args.db.database_url,
+            broker = %self.args.amqp.amqp_url,
+            concurrency = self.args.concurrency.get(),
+            batch_size = self.args.batch_size.get(),
+            on_sent = ?self.args.on_sent,
+            "relay started"
+        );
+        for worker in 0..self.args.concurrency.get() {
+            tracker.spawn(run_worker(
+                self.relay(),
+                worker,
+                options.clone(),
+                self.wake.clone(),
+                stop.clone(),
+            ));
+        }
+        if self.args.on_sent == OnSent::Mark {
+            let every =
+                (self.args.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tracker.spawn(run_purger(
+                self.outbox.clone(),
+                self.args.retention,
+                every,
+                stop.clone(),
+            ));
+        }
+        tracker.close();
+        stop.cancelled().await;
+        tracing::info!(deadline = ?self.args.shutdown_timeout, "stopping: finishing batches in flight");
+        let drained = tokio::time::timeout(self.args.shutdown_timeout, tracker.wait()).await;
+        self.broker.close().await;
+        match drained {
+            Ok(()) => {
+                tracing::info!("stopped cleanly");
+                Ok(())
+            }
+            Err(_) => anyhow::bail!(
+                "batches still in flight after --shutdown-timeout {:?}; their rows stay pending and will be relayed again",
+                self.args.shutdown_timeout
+            ),
+        }
+    }
+}
+
+/// The longest one claim → mark cycle may take before it is abandoned.
+pub fn step_timeout(args: &RunArgs) -> Duration {
+    args.confirm_timeout + 2 * SERVICE_TIMEOUT
+}
+
+/// The relay's connection settings: bounded connects, TCP keepalives, and a
+/// server-side cap on idle-in-transaction time, so that even a relay that
+/// hangs cannot pin a claim, the xmin horizon or a pool slot (invariant 4).
+fn relay_pg_config(args: &RunArgs) -> tokio_postgres::Config {
+    let mut pg = args.db.database_url.config().clone();
+    pg.connect_timeout(SERVICE_TIMEOUT);
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(30));
+    if pg.get_application_name().is_none() {
+        pg.application_name("outbox-relay");
+    }
+    let idle_ms = (step_timeout(args) + IDLE_TX_MARGIN).as_millis();
+    let bound = format!("-c idle_in_transaction_session_timeout={idle_ms}");
+    let options = match pg.get_options() {
+        Some(existing) => format!("{existing} {bound}"),
+        None => bound,
+    };
+    pg.options(&options);
+    pg
+}

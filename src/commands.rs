@@ -1,0 +1,207 @@
+//! The one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`,
+//! `replay`, `tail`. Results go to stdout as JSON; logs go to stderr.
+
+use crate::amqp::table_to_json;
+use crate::config::{AmqpArgs, DbArgs, DeadArgs, ReplayArgs, SendArgs, ShowArgs, TailArgs};
+use crate::outbox::{Inserted, NewMessage, Outbox, PoolOptions, connect_pool, migrate};
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use std::io::Read;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `outbox-relay migrate`.
+pub async fn migrate_cmd(db: &DbArgs) -> anyhow::Result<()> {
+    let mut pg = db.database_url.config().clone();
+    pg.connect_timeout(TIMEOUT);
+    let (mut client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", db.database_url))?;
+    let driver = tokio::spawn(connection);
+    let report = migrate::migrate(&mut client, &db.schema)
+        .await
+        .with_context(|| format!("migrating schema {}", db.schema))?;
+    drop(client);
+    let _ = driver.await;
+    tracing::info!(schema = %db.schema, applied = ?report.applied, already_applied = ?report.already_applied, "migrated");
+    println!(
+        "{}",
+        json!({"schema": db.schema.as_str(), "applied": report.applied, "already_applied": report.already_applied})
+    );
+    Ok(())
+}
+
+/// Opens the outbox of `db` for a one-shot command, checking the table.
+pub async fn open_outbox(db: &DbArgs) -> anyhow::Result<Outbox> {
+    let pool = connect_pool(
+        db.database_url.config().clone(),
+        PoolOptions {
+            max_size: 2,
+            timeout: TIMEOUT,
+        },
+    )?;
+    let outbox = Outbox::new(pool, db.schema.clone());
+    outbox
+        .ensure_table()
+        .await
+        .with_context(|| format!("opening the outbox at {}", db.database_url))?;
+    Ok(outbox)
+}
+
+/// `outbox-relay send`.
+pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
+    let payload = if args.payload == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the payload from stdin")?;
+        buf
+    } else {
+        args.payload.clone().into_bytes()
+    };
+    let message = NewMessage {
+        message_id: args.message_id,
+        exchange: args.exchange.clone(),
+        routing_key: args.routing_key.clone(),
+        payload,
+        content_type: args.content_type.clone(),
+        headers: args
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+        delay: args.delay.unwrap_or_default(),
+    };
+    let outbox = open_outbox(&args.db).await?;
+    match outbox.insert(&message).await? {
+        Inserted::New(id, message_id) => {
+            println!(
+                "{}",
+                json!({"id": id.0, "message_id": message_id.to_string()})
+            );
+        }
+        Inserted::Duplicate => {
+            println!(
+                "{}",
+                json!({"duplicate": true, "message_id": args.message_id})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `outbox-relay stats`.
+pub async fn stats_cmd(db: &DbArgs) -> anyhow::Result<()> {
+    let stats = open_outbox(db).await?.stats().await?;
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+/// `outbox-relay show`.
+pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
+    let outbox = open_outbox(&args.db).await?;
+    let row = outbox
+        .find(&args.key)
+        .await?
+        .with_context(|| format!("no row {:?} in {}", args.key, outbox.table()))?;
+    println!("{}", serde_json::to_string_pretty(&row)?);
+    Ok(())
+}
+
+/// `outbox-relay dead`.
+pub async fn dead_cmd(args: &DeadArgs) -> anyhow::Result<()> {
+    for row in open_outbox(&args.db).await?.list_dead(args.limit).await? {
+        println!("{}", serde_json::to_string(&row)?);
+    }
+    Ok(())
+}
+
+/// `outbox-relay replay`.
+pub async fn replay_cmd(args: &ReplayArgs) -> anyhow::Result<()> {
+    let outbox = open_outbox(&args.db).await?;
+    let ids = (!args.all).then_some(args.ids.as_slice());
+    let replayed = outbox.replay(ids).await?;
+    tracing::info!(count = replayed.len(), "dead rows made pending again");
+    println!("{}", json!({"replayed": replayed}));
+    Ok(())
+}
+
+/// `outbox-relay tail`.
+pub async fn tail_cmd(args: &TailArgs) -> anyhow::Result<()> {
+    let channel = open_channel(&args.amqp).await?;
+    if args.declare {
+        channel
+            .queue_declare(
+                args.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring queue {:?}", args.queue))?;
+    }
+    let mut consumer = channel
+        .basic_consume(
+            args.queue.as_str().into(),
+            "outbox-relay-tail".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "consuming from queue {:?} (does it exist? try --declare)",
+                args.queue
+            )
+        })?;
+    let mut seen = 0;
+    while args.count == 0 || seen < args.count {
+        let next = match args.idle_timeout {
+            Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => consumer.next().await,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery.context("consuming")?;
+        let p = &delivery.properties;
+        println!(
+            "{}",
+            json!({
+                "message_id": p.message_id().as_ref().map(|m| m.to_string()),
+                "exchange": delivery.exchange.to_string(),
+                "routing_key": delivery.routing_key.to_string(),
+                "content_type": p.content_type().as_ref().map(|c| c.to_string()),
+                "headers": p.headers().as_ref().map(table_to_json),
+                "timestamp": p.timestamp(),
+                "redelivered": delivery.redelivered,
+                "payload": String::from_utf8_lossy(&delivery.data),
+            })
+        );
+        delivery.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    Ok(())
+}
+
+async fn open_channel(amqp: &AmqpArgs) -> anyhow::Result<lapin::Channel> {
+    let conn = tokio::time::timeout(
+        TIMEOUT,
+        lapin::Connection::connect(
+            amqp.amqp_url.expose(),
+            lapin::ConnectionProperties::default(),
+        ),
+    )
+    .await
+    .with_context(|| format!("connecting to {} timed out", amqp.amqp_url))?
+    .with_context(|| format!("connecting to {}", amqp.amqp_url))?;
+    Ok(conn.create_channel().await?)
+}

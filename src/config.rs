@@ -1,0 +1,439 @@
+//! Command line and environment configuration.
+//!
+//! Every flag is also an `OUTBOX_*` environment variable. Values are parsed
+//! into types at the edge (`Duration`, `NonZero*`, [`Identifier`], URLs), so a
+//! bad value is refused before anything connects; [`RunArgs::validate`] checks
+//! the relations between values. URLs keep their passwords out of `Debug` and
+//! logs.
+
+use crate::outbox::{Identifier, OnSent, RowKey};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// outbox-relay: publishes rows of a transactional outbox table to RabbitMQ.
+///
+/// Applications insert messages into `<schema>.outbox` inside their own
+/// transactions; `outbox-relay run` claims them, publishes them with publisher
+/// confirms and marks them sent only once the broker has confirmed them.
+/// Delivery is at-least-once; every message carries a stable message_id.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Relay pending outbox rows to RabbitMQ until SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
+    /// Create the schema and outbox table (idempotent; safe to run on every deploy).
+    Migrate(DbArgs),
+    /// Insert one message into the outbox (demos, smoke tests, operators).
+    Send(SendArgs),
+    /// Print counts of pending, due, sent and dead rows as JSON.
+    Stats(DbArgs),
+    /// Show one row, by id or message_id, with when it was created and sent.
+    Show(ShowArgs),
+    /// List dead-lettered rows.
+    Dead(DeadArgs),
+    /// Make dead-lettered rows pending again, with a fresh attempt budget.
+    Replay(ReplayArgs),
+    /// Print messages arriving on a queue, as JSON lines (demos, debugging).
+    Tail(TailArgs),
+}
+
+/// Logging, shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "OUTBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `outbox_relay=debug`).
+    #[arg(long, env = "OUTBOX_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the outbox table lives.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/dbname.
+    #[arg(long, env = "OUTBOX_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: DatabaseUrl,
+    /// Schema holding the `outbox` table (letters, digits, '_').
+    #[arg(long, env = "OUTBOX_SCHEMA", default_value = "public")]
+    pub schema: Identifier,
+}
+
+/// The broker.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL, e.g. amqp://user:password@host:5672/%2f (vhost URL-encoded).
+    #[arg(long, env = "OUTBOX_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: AmqpUrl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Rows claimed (and published) per batch.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value = "500")]
+    pub batch_size: NonZeroUsize,
+    /// Batches in flight at once, each with its own database connection and channel.
+    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]
+    pub concurrency: NonZeroUsize,
+    /// Idle wait between claims when nothing is due.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long a batch waits for the broker's confirms before its unconfirmed
+    /// rows count as failed.
+    #[arg(long, env = "OUTBOX_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub confirm_timeout: Duration,
+    /// Failed attempts after which a row is dead-lettered (kept, with dead_at set).
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value = "10")]
+    pub max_attempts: NonZeroU32,
+    /// First retry delay of a failed row; doubles per attempt, with jitter.
+    #[arg(long, env = "OUTBOX_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest retry delay of a failed row.
+    #[arg(long, env = "OUTBOX_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// What to do with a confirmed row: mark it sent (kept for --retention), or delete it.
+    #[arg(long, env = "OUTBOX_ON_SENT", value_enum, default_value_t = OnSent::Mark)]
+    pub on_sent: OnSent,
+    /// With --on-sent mark: how long sent rows are kept before being purged.
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// On SIGTERM/SIGINT: how long to let in-flight batches finish before exiting.
+    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Exchange to publish to; '' is the default exchange (routing key = queue name).
+    #[arg(long, short = 'e', default_value = "")]
+    pub exchange: String,
+    /// Routing key (with the default exchange: the queue name).
+    #[arg(long, short = 'k')]
+    pub routing_key: String,
+    /// A header, `name=value` (string value); repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// AMQP content type, e.g. application/json.
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// message_id to use (a UUID); generated when absent. A repeated id is stored once.
+    #[arg(long)]
+    pub message_id: Option<uuid::Uuid>,
+    /// Publish no earlier than this from now, e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// The payload, or `-` to read it from standard input.
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Row id (integer) or message_id (UUID).
+    pub key: RowKey,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// At most this many rows, oldest first.
+    #[arg(long, default_value = "100")]
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Row ids to replay.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub ids: Vec<i64>,
+    /// Replay every dead row.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Queue to read from.
+    #[arg(long, short = 'q')]
+    pub queue: String,
+    /// Declare the queue (durable) if it does not exist.
+    #[arg(long)]
+    pub declare: bool,
+    /// Stop after this many messages (0: run until interrupted).
+    #[arg(long, default_value = "0")]
+    pub count: u64,
+    /// Stop when no message arrived for this long (default: wait forever).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A configuration value that parses but cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--confirm-timeout ({confirm:?}) must be shorter than --shutdown-timeout ({shutdown:?}), or a batch in flight at shutdown could be cut off"
+    )]
+    ConfirmOutlivesShutdown {
+        confirm: Duration,
+        shutdown: Duration,
+    },
+    #[error("--backoff-base ({base:?}) must not exceed --backoff-max ({max:?})")]
+    BackoffInverted { base: Duration, max: Duration },
+    #[error("--batch-size {0} is above the maximum of {MAX_BATCH}")]
+    BatchTooLarge(usize),
+    #[error("--{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+}
+
+pub const MAX_BATCH: usize = 10_000;
+
+impl RunArgs {
+    /// Checks the relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size.get() > MAX_BATCH {
+            return Err(ConfigError::BatchTooLarge(self.batch_size.get()));
+        }
+        for (name, value) in [
+            ("poll-interval", self.poll_interval),
+            ("confirm-timeout", self.confirm_timeout),
+            ("backoff-base", self.backoff_base),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.backoff_base > self.backoff_max {
+            return Err(ConfigError::BackoffInverted {
+                base: self.backoff_base,
+                max: self.backoff_max,
+            });
+        }
+        if self.confirm_timeout >= self.shutdown_timeout {
+            return Err(ConfigError::ConfirmOutlivesShutdown {
+                confirm: self.confirm_timeout,
+                shutdown: self.shutdown_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A PostgreSQL URL; the password never appears in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(
+                "expected postgres://user[:password]@host[:port]/dbname (key=value strings are not accepted)"
+                    .into(),
+            );
+        }
+        let config = tokio_postgres::Config::from_str(s)
+            .map_err(|e| format!("{e}; expected postgres://user[:password]@host[:port]/dbname"))?;
+        if config.get_hosts().is_empty() {
+            return Err("the URL names no host".into());
+        }
+        Ok(Self { config })
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        let host = match c.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => String::new(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        let password = if c.get_password().is_some() {
+            ":***"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "postgres://{}{password}@{host}:{port}/{}",
+            c.get_user().unwrap_or(""),
+            c.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// An AMQP URL; the password never appears in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    raw: String,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut url = url::Url::parse(s)
+            .map_err(|e| format!("{e}; expected amqp://user:password@host:5672/vhost"))?;
+        if url.scheme() != "amqp" && url.scheme() != "amqps" {
+            return Err(format!(
+                "scheme {:?} is not amqp or amqps; expected amqp://user:password@host:5672/vhost",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        lapin::uri::AMQPUri::from_str(s).map_err(|e| format!("invalid AMQP URL: {e}"))?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(Self {
+            raw: s.to_owned(),
+            redacted: url.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `7days` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 7days)"))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not name=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let db: DatabaseUrl = "postgres://app:s3cret@db:5432/app".parse().unwrap();
+        let amqp: AmqpUrl = "amqp://app:s3cret@mq:5672/%2f".parse().unwrap();
+        for shown in [
+            format!("{db:?}"),
+            db.to_string(),
+            format!("{amqp:?}"),
+            amqp.to_string(),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_expected() {
+        let e = "mysql://x@y/z".parse::<DatabaseUrl>().unwrap_err();
+        assert!(e.contains("postgres://"), "{e}");
+        let e = "http://x@y/".parse::<AmqpUrl>().unwrap_err();
+        assert!(e.contains("amqp://"), "{e}");
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let cli = Cli::try_parse_from(["outbox-relay", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        args.validate().unwrap();
+        assert_eq!(args.db.schema.as_str(), "public");
+        assert_eq!(args.poll_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn inconsistent_timeouts_are_refused() {
+        let cli = Cli::try_parse_from([
+            "outbox-relay",
+            "run",
+            "--confirm-timeout",
+            "30s",
+            "--shutdown-timeout",
+            "10s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(matches!(
+            args.validate(),
+            Err(ConfigError::ConfirmOutlivesShutdown { .. })
+        ));
+    }
+}

@@ -1,0 +1,34 @@
+//! outbox-relay: a transactional outbox relay from PostgreSQL to RabbitMQ.
+//!
+//! Applications insert messages into `<schema>.outbox` in their own
+//! transactions; the relay claims pending rows with `FOR UPDATE SKIP LOCKED`,
+//! publishes them with publisher confirms and marks them sent only after the
+//! broker confirmed them, in the transaction that holds the claim. Delivery is
+//! at-least-once; every message carries a stable `message_id`.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | `main.rs` | thin: parse CLI, start telemetry, dispatch the subcommand, map errors to exit codes |
+//! | [`config`] | clap derive; every flag also an `OUTBOX_*` env var; typed values; `validate()`; secrets redacted |
+//! | [`telemetry`] | tracing subscriber (text or JSON) |
+//! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
+//! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
+//! | [`outbox`] | the table: row types, all SQL, migrations |
+//! | [`relay`] | the loop: claim → publish → await confirms → mark; backoff; dead-lettering; retention |
+//! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect |
+//! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
+//! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ |
+//! | `benches/` | the benchmark harness |
+//! | `deploy/` | container image, Kubernetes sidecar manifests, local scripts |
+
+pub mod amqp;
+pub mod app;
+pub mod commands;
+pub mod config;
+pub mod outbox;
+pub mod relay;
+pub mod telemetry;
+
+pub use app::App;
