@@ -1,0 +1,363 @@
+//! The `outbox-relay` binary as an operator runs it: signals, exit codes,
+//! configuration errors, migrations.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+fn relay(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("OUTBOX_LOG_FORMAT", "text");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OUTBOX_") && key != "OUTBOX_LOG_FORMAT" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("spawn outbox-relay"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_backlog_exits_zero_in_time_with_every_published_row_marked() {
+    let env = TestEnv::new("sigterm").await;
+    env.insert_rows(30_000).await;
+    let child = relay(&[
+        "run",
+        "--schema",
+        &env.schema,
+        "--batch-size",
+        "200",
+        "--concurrency",
+        "4",
+        "--confirm-timeout",
+        "5s",
+        "--shutdown-timeout",
+        "10s",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            env.count_sent().await > 0
+        })
+        .await,
+        "relay started draining"
+    );
+    let signalled = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        status.status.success(),
+        "exit 0, got {:?}: {stderr}",
+        status.status
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "within the shutdown timeout"
+    );
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+
+    let sent = env.count_sent().await;
+    assert!(sent < 30_000, "stopped mid-backlog ({sent} sent)");
+    // Nothing left claimed: every row can be locked by someone else now.
+    let lockable = env
+        .scalar("SELECT count(*) FROM (SELECT id FROM {t} FOR UPDATE SKIP LOCKED) s")
+        .await;
+    assert_eq!(lockable, 30_000);
+    // Published exactly the marked rows: nothing in flight was abandoned.
+    let got = env
+        .consume(
+            sent as usize,
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+        )
+        .await;
+    let counts = tally(&got);
+    let marked: std::collections::HashSet<String> = env
+        .pg
+        .query(
+            &format!(
+                "SELECT message_id::text FROM {} WHERE sent_at IS NOT NULL",
+                env.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(counts.len(), marked.len(), "published == marked");
+    assert!(counts.keys().all(|k| marked.contains(k)));
+    assert!(counts.values().all(|&n| n == 1));
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn an_invalid_schema_identifier_is_refused_with_usage_exit_code() {
+    let out = output(relay(&["run", "--schema", "app; DROP TABLE x"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must start with a letter or '_'"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_with_a_clear_error() {
+    let out = output(relay(&[
+        "run",
+        "--database-url",
+        "postgres://root@127.0.0.1:1/test",
+        "--schema",
+        "anything",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:1") && stderr.contains("database"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_table_says_to_migrate_and_creates_nothing() {
+    let schema = unique("unmigrated");
+    let out = output(relay(&["run", "--schema", &schema])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("outbox-relay migrate --schema {schema}")),
+        "{stderr}"
+    );
+    let pg = pg_client().await;
+    let exists: bool = pg
+        .query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "a failed start creates nothing");
+}
+
+#[tokio::test]
+async fn bad_urls_and_durations_are_refused_before_connecting() {
+    for (args, expect) in [
+        (vec!["run", "--database-url", "mysql://x/y"], "postgres://"),
+        (vec!["run", "--amqp-url", "http://x/"], "amqp://"),
+        (vec!["run", "--poll-interval", "soon"], "500ms"),
+        (vec!["run", "--batch-size", "0"], "batch-size"),
+    ] {
+        let out = output(relay(&args)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+    let out = output(relay(&[
+        "run",
+        "--confirm-timeout",
+        "30s",
+        "--shutdown-timeout",
+        "5s",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm-timeout"));
+}
+
+#[tokio::test]
+async fn the_password_never_appears_in_logs() {
+    let schema = unique("secret");
+    let out = output(relay(&[
+        "run",
+        "--schema",
+        &schema,
+        "--amqp-url",
+        "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+        "--database-url",
+        "postgres://root:hunter2@127.0.0.1:5432/test",
+    ]))
+    .await;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("***"), "the URL is shown redacted: {all}");
+}
+
+#[tokio::test]
+async fn migrating_twice_is_a_no_op() {
+    let schema = unique("migrate_twice");
+    let first = output(relay(&["migrate", "--schema", &schema])).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let pg = pg_client().await;
+    let snapshot = "SELECT string_agg(c.relname || ':' || c.relkind::text || ':' || c.relfilenode::text, ',' ORDER BY c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1";
+    let before: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
+    let applied_at: String = pg
+        .query_one(
+            &format!(
+                "SELECT string_agg(applied_at::text, ',') FROM \"{schema}\".outbox_migrations"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let second = output(relay(&["migrate", "--schema", &schema])).await;
+    assert!(second.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["applied"], serde_json::json!([]));
+    assert_eq!(
+        report["already_applied"],
+        serde_json::json!(["0001_outbox"])
+    );
+    let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
+    let applied_again: String = pg
+        .query_one(
+            &format!(
+                "SELECT string_agg(applied_at::text, ',') FROM \"{schema}\".outbox_migrations"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after);
+    assert_eq!(applied_at, applied_again);
+    pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_sql_file_applies_with_psql_as_documented() {
+    let schema = unique("psql");
+    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/0001_outbox.sql");
+    for _ in 0..2 {
+        let out = output({
+            let mut c = Command::new("psql");
+            c.args([
+                PG_URL,
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--single-transaction",
+                "-v",
+                &format!("schema={schema}"),
+                "-f",
+                sql,
+            ]);
+            c
+        })
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The relay accepts the psql-made table and sees the migration recorded.
+    let out = output(relay(&["migrate", "--schema", &schema])).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["applied"], serde_json::json!([]));
+    let out = output(relay(&["send", "--schema", &schema, "-k", "q", "hi"])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg_client()
+        .await
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn send_show_stats_and_replay_work_from_the_command_line() {
+    let env = TestEnv::new("admin").await;
+    let id = "6f1c1d1e-0000-4000-8000-000000000001";
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "--schema",
+            &env.schema,
+            "-k",
+            &env.queue,
+            "-H",
+            "kind=test",
+            "--message-id",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        relay(&args)
+    };
+    let first = output(send(&["payload one"])).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = output(send(&["payload two"])).await;
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        again["duplicate"], true,
+        "a repeated message_id is stored once"
+    );
+
+    let shown = output(relay(&["show", "--schema", &env.schema, id])).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["headers"]["kind"], "test");
+    assert_eq!(shown["payload_bytes"], 11);
+    assert!(shown["sent_at"].is_null());
+
+    let stats = output(relay(&["stats", "--schema", &env.schema])).await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (stats["pending"].as_i64(), stats["dead"].as_i64()),
+        (Some(1), Some(0))
+    );
+
+    env.pg
+        .execute(
+            &format!("UPDATE {} SET dead_at = now(), attempts = 9", env.table()),
+            &[],
+        )
+        .await
+        .unwrap();
+    let replay = output(relay(&["replay", "--schema", &env.schema, "--all"])).await;
+    let replay: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(replay["replayed"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM {t} WHERE dead_at IS NULL AND attempts = 0")
+            .await,
+        1
+    );
+    env.drop_schema().await;
+}

@@ -1,0 +1,291 @@
+//! Shared helpers for the integration tests: every test gets its own schema,
+//! queue and exchange names, and waits on conditions with deadlines.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use outbox_relay::App;
+use outbox_relay::config::{Cli, Command, RunArgs};
+use outbox_relay::outbox::{Identifier, migrate};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG_ADDR: &str = "127.0.0.1:5432";
+pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Logs only when TEST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{prefix}_{}_{n}_{:x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+/// One test's private world: a migrated schema and a durable queue.
+pub struct TestEnv {
+    pub schema: String,
+    pub queue: String,
+    pub pg: tokio_postgres::Client,
+    pub channel: Channel,
+    _amqp: Connection,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str) -> Self {
+        Self::with_queue_args(name, FieldTable::default()).await
+    }
+
+    /// Like `new`, with extra `x-` arguments for the queue.
+    pub async fn with_queue_args(name: &str, args: FieldTable) -> Self {
+        init_logs();
+        let schema = unique(name);
+        let pg = pg_client().await;
+        let mut migrator = pg_client().await;
+        migrate::migrate(&mut migrator, &Identifier::parse(&schema).unwrap())
+            .await
+            .expect("migrate");
+        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let channel = amqp.create_channel().await.unwrap();
+        let queue = unique(&format!("q_{name}"));
+        declare_queue(&channel, &queue, args).await;
+        Self {
+            schema,
+            queue,
+            pg,
+            channel,
+            _amqp: amqp,
+        }
+    }
+
+    pub fn table(&self) -> String {
+        format!("\"{}\".outbox", self.schema)
+    }
+
+    /// Command-line style arguments for `run` on this schema, plus `extra`.
+    pub fn run_args(&self, extra: &[&str]) -> RunArgs {
+        self.run_args_with(PG_URL, AMQP_URL, extra)
+    }
+
+    pub fn run_args_with(&self, pg: &str, amqp: &str, extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "outbox-relay",
+            "run",
+            "--database-url",
+            pg,
+            "--amqp-url",
+            amqp,
+            "--schema",
+            &self.schema,
+            "--poll-interval",
+            "50ms",
+            "--backoff-base",
+            "20ms",
+            "--backoff-max",
+            "100ms",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("run args").command {
+            Command::Run(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Inserts `n` rows routed to this test's queue via the default exchange.
+    pub async fn insert_rows(&self, n: usize) {
+        let sql = format!(
+            "INSERT INTO {} (routing_key, payload) SELECT $1, convert_to('m' || g, 'UTF8') FROM generate_series(1, $2) g",
+            self.table()
+        );
+        self.pg
+            .execute(&sql, &[&self.queue, &(n as i32)])
+            .await
+            .expect("insert rows");
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sql.replace("{t}", &self.table());
+        self.pg.query_one(&sql, &[]).await.expect(&sql).get(0)
+    }
+
+    pub async fn count_sent(&self) -> i64 {
+        self.scalar("SELECT count(*) FROM {t} WHERE sent_at IS NOT NULL")
+            .await
+    }
+
+    /// Every message_id in the table, as text.
+    pub async fn all_message_ids(&self) -> Vec<String> {
+        let sql = format!("SELECT message_id::text FROM {}", self.table());
+        self.pg
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Consumes until `expected` messages arrived or `within` passed; then
+    /// keeps listening for `linger` to catch duplicates.
+    pub async fn consume(
+        &self,
+        expected: usize,
+        within: Duration,
+        linger: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        consume(&self.channel, &self.queue, expected, within, linger).await
+    }
+
+    pub async fn drop_schema(self) {
+        let _ = self
+            .pg
+            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema))
+            .await;
+    }
+}
+
+pub async fn pg_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .expect("postgres reachable (run deploy/local/services.sh)");
+    tokio::spawn(conn);
+    client
+}
+
+/// A durable queue that the broker removes 10 minutes after its last use.
+pub async fn declare_queue(channel: &Channel, queue: &str, mut args: FieldTable) {
+    args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("declare queue");
+}
+
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    expected: usize,
+    within: Duration,
+    linger: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let tag = unique("consumer");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut got = Vec::new();
+    let mut deadline = Instant::now() + within;
+    let mut lingering = false;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => got.push(delivery),
+            Ok(_) => break,
+            Err(_) => break,
+        }
+        if got.len() >= expected && !lingering {
+            lingering = true;
+            deadline = Instant::now() + linger;
+        }
+    }
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    got
+}
+
+pub fn message_id(d: &lapin::message::Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .expect("message_id set")
+        .to_string()
+}
+
+/// How many times each message_id arrived.
+pub fn tally(deliveries: &[lapin::message::Delivery]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for d in deliveries {
+        *counts.entry(message_id(d)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Polls `check` until it is true or `within` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A relay running in this process.
+pub struct Running {
+    pub stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(args: RunArgs) -> Self {
+        let app = App::build(args).await.expect("app builds");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self { stop, handle }
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.handle.await.expect("relay task panicked")
+    }
+}

@@ -1,0 +1,422 @@
+//! The relay core against the real PostgreSQL and RabbitMQ: what arrives,
+//! what is retried, what is dead-lettered, and what is never published.
+
+mod common;
+
+use common::*;
+use lapin::types::{AMQPValue, FieldTable};
+use outbox_relay::App;
+use outbox_relay::relay::Outcome;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(30);
+const LINGER: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn a_committed_row_arrives_once_with_payload_headers_and_ids_intact() {
+    let env = TestEnv::new("arrives").await;
+    let sql = format!(
+        "INSERT INTO {} (routing_key, payload, content_type, headers) VALUES ($1, $2, 'application/json', $3) RETURNING message_id::text, extract(epoch from created_at)::bigint",
+        env.table()
+    );
+    let headers = serde_json::json!({"tenant": "acme", "attempt": 3, "nested": {"ok": true}});
+    let row = env
+        .pg
+        .query_one(&sql, &[&env.queue, &br#"{"order":42}"#.to_vec(), &headers])
+        .await
+        .unwrap();
+    let (message_id, created): (String, i64) = (row.get(0), row.get(1));
+
+    let relay = Running::start(env.run_args(&[])).await;
+    let got = env.consume(1, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+
+    assert_eq!(got.len(), 1, "exactly one delivery");
+    let d = &got[0];
+    assert_eq!(d.data, br#"{"order":42}"#);
+    assert_eq!(common::message_id(d), message_id);
+    assert_eq!(
+        d.properties.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    assert_eq!(*d.properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(*d.properties.timestamp(), Some(created as u64));
+    let received = outbox_relay::amqp::table_to_json(d.properties.headers().as_ref().unwrap());
+    assert_eq!(received, headers);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM {t} WHERE sent_at IS NOT NULL AND attempts = 0")
+            .await,
+        1
+    );
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_insert_never_arrives() {
+    let mut env = TestEnv::new("rollback").await;
+    let table = env.table();
+    let queue = env.queue.clone();
+    let tx = env.pg.transaction().await.unwrap();
+    tx.execute(
+        &format!("INSERT INTO {table} (routing_key, payload) VALUES ($1, 'ghost')"),
+        &[&queue],
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    env.pg
+        .execute(
+            &format!("INSERT INTO {table} (routing_key, payload) VALUES ($1, 'real')"),
+            &[&queue],
+        )
+        .await
+        .unwrap();
+
+    let relay = Running::start(env.run_args(&[])).await;
+    let got = env.consume(1, WITHIN, Duration::from_millis(500)).await;
+    relay.stop().await.unwrap();
+
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.data.as_slice()).collect();
+    assert_eq!(payloads, vec![b"real".as_slice()]);
+    env.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rows_inserted_concurrently_all_arrive_none_twice() {
+    let env = TestEnv::new("tenk").await;
+    let relay = Running::start(env.run_args(&["--concurrency", "4"])).await;
+    // Eight producers, each committing many small transactions while the relay drains.
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let table = env.table();
+        let queue = env.queue.clone();
+        producers.push(tokio::spawn(async move {
+            let mut client = pg_client().await;
+            for chunk in 0..25 {
+                let tx = client.transaction().await.unwrap();
+                let sql = format!("INSERT INTO {table} (routing_key, payload) SELECT $1, convert_to($2 || '-' || g, 'UTF8') FROM generate_series(1, 50) g");
+                tx.execute(&sql, &[&queue, &format!("p{p}c{chunk}")]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    let got = env.consume(10_000, Duration::from_secs(90), LINGER).await;
+    relay.stop().await.unwrap();
+
+    let counts = tally(&got);
+    let expected: HashSet<String> = env.all_message_ids().await.into_iter().collect();
+    assert_eq!(expected.len(), 10_000);
+    assert_eq!(counts.len(), 10_000, "every row arrived");
+    assert!(counts.keys().all(|k| expected.contains(k)));
+    assert!(counts.values().all(|&n| n == 1), "no row arrived twice");
+    assert_eq!(env.count_sent().await, 10_000);
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn an_unroutable_row_is_retried_then_dead_lettered_and_kept() {
+    let env = TestEnv::new("unroutable").await;
+    let table = env.table();
+    env.pg
+        .execute(
+            &format!(
+                "INSERT INTO {table} (routing_key, payload) VALUES ('no-such-queue-anywhere', 'x')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let app = App::build(env.run_args(&["--max-attempts", "3"]))
+        .await
+        .unwrap();
+    let mut relay = app.relay();
+
+    // First attempt: returned as unroutable, so not marked sent.
+    let outcome = relay.relay_batch().await.unwrap();
+    let Outcome::Relayed(report) = outcome else {
+        panic!("expected a batch, got {outcome:?}")
+    };
+    assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
+    let row = env
+        .pg
+        .query_one(
+            &format!(
+                "SELECT attempts, last_error, sent_at IS NULL, available_at > now() FROM {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    let error: String = row.get(1);
+    assert!(
+        error.contains("unroutable") && error.contains("312"),
+        "{error}"
+    );
+    assert!(row.get::<_, bool>(2), "not marked sent");
+    assert!(row.get::<_, bool>(3), "backed off into the future");
+
+    // Retries come back after their backoff, until the third attempt dead-letters it.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while env
+        .scalar("SELECT count(*) FROM {t} WHERE dead_at IS NOT NULL")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered within the deadline"
+        );
+        if relay.relay_batch().await.unwrap() == Outcome::Empty {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let row = env
+        .pg
+        .query_one(
+            &format!("SELECT attempts, sent_at IS NULL FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 3);
+    assert!(
+        row.get::<_, bool>(1),
+        "still in the table, never marked sent"
+    );
+    assert_eq!(
+        relay.relay_batch().await.unwrap(),
+        Outcome::Empty,
+        "dead rows are not claimed"
+    );
+
+    // Replay makes it pending again with a fresh budget.
+    let replayed = app.outbox().replay(None).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM {t} WHERE dead_at IS NULL AND attempts = 0")
+            .await,
+        1
+    );
+    relay.close().await;
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_nacked_publish_is_not_marked_sent() {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let env = TestEnv::with_queue_args("nack", args).await;
+    env.insert_rows(3).await;
+    let app = App::build(env.run_args(&["--max-attempts", "5"]))
+        .await
+        .unwrap();
+    let mut relay = app.relay();
+
+    let Outcome::Relayed(report) = relay.relay_batch().await.unwrap() else {
+        panic!("no batch")
+    };
+    assert_eq!(report.claimed, 3);
+    assert_eq!(report.sent, 1, "the queue holds one message");
+    assert_eq!(report.retried, 2, "the broker nacked the other two");
+    let errors: Vec<String> = env
+        .pg
+        .query(
+            &format!(
+                "SELECT last_error FROM {} WHERE sent_at IS NULL",
+                env.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors.iter().all(|e| e.contains("negatively acknowledged")),
+        "{errors:?}"
+    );
+    assert_eq!(env.count_sent().await, 1);
+    relay.close().await;
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_delayed_row_is_not_published_early() {
+    let env = TestEnv::new("delayed").await;
+    let table = env.table();
+    env.pg.execute(&format!("INSERT INTO {table} (routing_key, payload, available_at) VALUES ($1, 'later', now() + interval '2 seconds')"), &[&env.queue]).await.unwrap();
+    env.pg
+        .execute(
+            &format!("INSERT INTO {table} (routing_key, payload) VALUES ($1, 'now')"),
+            &[&env.queue],
+        )
+        .await
+        .unwrap();
+
+    let relay = Running::start(env.run_args(&[])).await;
+    let early = env.consume(1, WITHIN, Duration::from_millis(700)).await;
+    let early_payloads: Vec<&[u8]> = early.iter().map(|d| d.data.as_slice()).collect();
+    assert_eq!(
+        early_payloads,
+        vec![b"now".as_slice()],
+        "only the due row before its time"
+    );
+    let due_at_publish = env
+        .scalar("SELECT count(*) FROM {t} WHERE payload = 'later' AND sent_at IS NULL")
+        .await;
+    assert_eq!(due_at_publish, 1);
+
+    let later = env.consume(1, WITHIN, Duration::ZERO).await;
+    relay.stop().await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].data, b"later");
+    let on_time = env
+        .scalar("SELECT count(*) FROM {t} WHERE payload = 'later' AND sent_at >= available_at")
+        .await;
+    assert_eq!(on_time, 1, "published no earlier than available_at");
+    env.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_table_publish_every_row_exactly_once() {
+    let env = TestEnv::new("two_relays").await;
+    env.insert_rows(4000).await;
+    let a = Running::start(env.run_args(&["--batch-size", "50", "--concurrency", "2"])).await;
+    let b = Running::start(env.run_args(&["--batch-size", "50", "--concurrency", "2"])).await;
+    let got = env.consume(4000, WITHIN, Duration::from_millis(500)).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+
+    let counts = tally(&got);
+    assert_eq!(counts.len(), 4000);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a row was published twice"
+    );
+    assert_eq!(env.count_sent().await, 4000);
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_malformed_row_fails_alone_and_its_batch_flows() {
+    let env = TestEnv::new("poison").await;
+    let table = env.table();
+    env.insert_rows(5).await;
+    env.pg.execute(&format!("INSERT INTO {table} (routing_key, payload, headers) VALUES ($1, 'bad headers', '[1,2]')"), &[&env.queue]).await.unwrap();
+    env.pg.execute(&format!("INSERT INTO {table} (exchange, routing_key, payload) VALUES ('no_such_exchange_x', 'k', 'bad exchange')"), &[]).await.unwrap();
+    env.pg
+        .execute(
+            &format!("INSERT INTO {table} (routing_key, payload) VALUES ($1, $2)"),
+            &[&"r".repeat(300), &b"long key".to_vec()],
+        )
+        .await
+        .unwrap();
+    env.insert_rows(5).await;
+    let app = App::build(env.run_args(&["--max-attempts", "1"]))
+        .await
+        .unwrap();
+    let mut relay = app.relay();
+
+    let Outcome::Relayed(report) = relay.relay_batch().await.unwrap() else {
+        panic!("no batch")
+    };
+    assert_eq!((report.claimed, report.sent, report.dead), (13, 10, 3));
+    let errors: Vec<String> = env
+        .pg
+        .query(
+            &format!("SELECT last_error FROM {table} WHERE dead_at IS NOT NULL ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        errors[0].contains("headers must be a JSON object"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("does not exist"), "{}", errors[1]);
+    assert!(
+        errors[2].contains("routing_key is 300 bytes"),
+        "{}",
+        errors[2]
+    );
+    let got = env.consume(10, WITHIN, LINGER).await;
+    assert_eq!(got.len(), 10, "the good rows of the batch arrived");
+    relay.close().await;
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn on_sent_delete_removes_confirmed_rows_and_mark_purges_after_retention() {
+    let env = TestEnv::new("on_sent").await;
+    env.insert_rows(20).await;
+    let relay = Running::start(env.run_args(&["--on-sent", "delete"])).await;
+    assert_eq!(env.consume(20, WITHIN, Duration::ZERO).await.len(), 20);
+    assert!(
+        wait_until(WITHIN, || async {
+            env.scalar("SELECT count(*) FROM {t}").await == 0
+        })
+        .await
+    );
+    relay.stop().await.unwrap();
+
+    env.insert_rows(20).await;
+    let relay = Running::start(env.run_args(&["--on-sent", "mark", "--retention", "1s"])).await;
+    assert_eq!(env.consume(20, WITHIN, Duration::ZERO).await.len(), 20);
+    // Marked first, then purged once older than the retention.
+    assert!(
+        wait_until(WITHIN, || async {
+            env.scalar("SELECT count(*) FROM {t}").await == 0
+        })
+        .await,
+        "purged"
+    );
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_stalled_broker_times_out_the_batch_and_releases_its_claim() {
+    let env = TestEnv::new("stall").await;
+    let proxy = proxy::FaultProxy::start(AMQP_ADDR.parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    env.insert_rows(3).await;
+    let app = App::build(env.run_args_with(PG_URL, &amqp, &["--confirm-timeout", "1s"]))
+        .await
+        .unwrap();
+    let mut relay = app.relay();
+    // Open the channel first, then freeze the broker.
+    assert!(matches!(relay.relay_batch().await.unwrap(), Outcome::Relayed(r) if r.sent == 3));
+    env.insert_rows(3).await;
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let Outcome::Relayed(report) = relay.relay_batch().await.unwrap() else {
+        panic!("no batch")
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the confirm timeout"
+    );
+    assert_eq!((report.sent, report.retried), (0, 3));
+    let errors = env.scalar("SELECT count(*) FROM {t} WHERE sent_at IS NULL AND attempts = 1 AND last_error LIKE 'no confirm within%'").await;
+    assert_eq!(errors, 3);
+    let idle = env.scalar(&format!("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND query LIKE '%{}%'", env.schema)).await;
+    assert_eq!(idle, 0, "no session left idle in transaction");
+    proxy.resume();
+    relay.close().await;
+    env.drop_schema().await;
+}
