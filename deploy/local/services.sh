@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Makes PostgreSQL and RabbitMQ available on 127.0.0.1 for the relay, its tests
+# and its benchmark, on a Debian or Ubuntu machine:
+#   - installs the Debian packages when a server is missing (needs root),
+#   - starts a server that is down, and leaves a running one alone,
+#   - waits (with a deadline) until each one answers,
+#   - makes sure the role `root` and the database `test` exist and that
+#     postgres://root@127.0.0.1:5432/test connects (the relay's default URL).
+# Idempotent: when everything is up it only checks, in well under a second.
+set -euo pipefail
+
+PG_PORT=${PGPORT:-5432}
+PG_CLUSTER=${PG_CLUSTER:-main}
+AMQP_PORT=5672
+DEADLINE_SECS=${SERVICES_DEADLINE_SECS:-120}
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "'$*' needs root; run this script as root or install sudo"; fi
+}
+
+# Runs a command as the postgres superuser (peer authentication on the socket).
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"
+  elif command -v runuser >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"
+  else as_root su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for DESCRIPTION COMMAND...: retries COMMAND until it succeeds or the deadline passes.
+wait_for() {
+  local what=$1; shift
+  local until=$((SECONDS + DEADLINE_SECS))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$until" ] || die "$what did not come up within ${DEADLINE_SECS}s"
+    sleep 0.2
+  done
+}
+
+apt_updated=
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* yourself (this script knows Debian and Ubuntu)"
+  if [ -z "$apt_updated" ]; then
+    say "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  say "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(pg_version)" ]; then
+    apt_install postgresql postgresql-client
+  fi
+  local version; version=$(pg_version)
+  [ -n "$version" ] || die "no PostgreSQL cluster under /etc/postgresql after installing postgresql"
+  if ! pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
+    if [ ! -d "/etc/postgresql/$version/$PG_CLUSTER" ]; then
+      say "creating PostgreSQL $version cluster $PG_CLUSTER"
+      as_root pg_createcluster "$version" "$PG_CLUSTER" --port "$PG_PORT" >/dev/null
+    fi
+    say "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" start
+    wait_for "PostgreSQL on 127.0.0.1:$PG_PORT" pg_isready -q -h 127.0.0.1 -p "$PG_PORT"
+  fi
+  if ! psql_root_ok; then provision_postgres "$version"; fi
+  psql_root_ok || die "postgres://root@127.0.0.1:$PG_PORT/test still does not connect; see the PostgreSQL log"
+}
+
+psql_root_ok() {
+  PGCONNECT_TIMEOUT=5 psql -X -q -w -h 127.0.0.1 -p "$PG_PORT" -U root -d test -c 'select 1' >/dev/null 2>&1
+}
+
+# A fresh Debian install has neither the role nor the database, and asks TCP
+# clients for a password: create both and trust local TCP connections from this
+# host only (a development machine's PostgreSQL; say so in its pg_hba.conf).
+provision_postgres() {
+  local version=$1
+  say "creating role root and database test"
+  as_postgres psql -X -q -p "$PG_PORT" -d postgres -v ON_ERROR_STOP=1 <<'SQL'
+SELECT 'CREATE ROLE root SUPERUSER LOGIN'
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'root') \gexec
+SELECT 'CREATE DATABASE test OWNER root'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'test') \gexec
+SELECT 'CREATE DATABASE root OWNER root'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'root') \gexec
+SQL
+  psql_root_ok && return 0
+  local hba="/etc/postgresql/$version/$PG_CLUSTER/pg_hba.conf"
+  if ! as_root grep -q 'outbox-relay services.sh' "$hba"; then
+    say "trusting 127.0.0.1 in $hba (a local development server)"
+    as_root sed -i '1i # added by outbox-relay services.sh: local development access\nhost all all 127.0.0.1/32 trust' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" reload
+  fi
+}
+
+ensure_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    apt_install rabbitmq-server
+  fi
+  if ! port_open "$AMQP_PORT"; then
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    wait_for "RabbitMQ on 127.0.0.1:$AMQP_PORT" port_open "$AMQP_PORT"
+  fi
+  # The port opens before the broker accepts work; await_startup blocks until it does.
+  as_root timeout "$DEADLINE_SECS" rabbitmqctl -q await_startup >/dev/null \
+    || die "RabbitMQ is not ready; see /var/log/rabbitmq"
+}
+
+ensure_postgres
+ensure_rabbitmq
+say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT are up"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: make PostgreSQL and RabbitMQ available, then run the checks
+# and the whole suite against them. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+deploy/local/services.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
