@@ -7,8 +7,8 @@
 //! once all have, or fails when `--shutdown-timeout` passes first.
 
 use crate::amqp::Broker;
-use crate::config::RunArgs;
-use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool};
+use crate::config::{RunArgs, Wakeup};
+use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool, run_listener};
 use crate::relay::{Backoff, Relay, RelaySettings, WorkerOptions, run_purger, run_worker};
 use anyhow::Context;
 use std::sync::Arc;
@@ -110,8 +110,17 @@ impl App {
             concurrency = self.args.concurrency.get(),
             batch_size = self.args.batch_size.get(),
             on_sent = ?self.args.on_sent,
+            wakeup = ?self.args.wakeup,
             "relay started"
         );
+        if self.args.wakeup == Wakeup::Listen {
+            tracker.spawn(run_listener(
+                relay_pg_config(&self.args),
+                self.args.db.schema.clone(),
+                self.wake.clone(),
+                stop.clone(),
+            ));
+        }
         for worker in 0..self.args.concurrency.get() {
             tracker.spawn(run_worker(
                 self.relay(),

@@ -2,7 +2,9 @@
 //! `replay`, `tail`. Results go to stdout as JSON; logs go to stderr.
 
 use crate::amqp::table_to_json;
-use crate::config::{AmqpArgs, DbArgs, DeadArgs, ReplayArgs, SendArgs, ShowArgs, TailArgs};
+use crate::config::{
+    AmqpArgs, DbArgs, DeadArgs, MigrateArgs, ReplayArgs, SendArgs, ShowArgs, TailArgs, TriggerState,
+};
 use crate::outbox::{Inserted, NewMessage, Outbox, PoolOptions, connect_pool, migrate};
 use anyhow::Context;
 use futures::StreamExt;
@@ -15,7 +17,8 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `outbox-relay migrate`.
-pub async fn migrate_cmd(db: &DbArgs) -> anyhow::Result<()> {
+pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
+    let db = &args.db;
     let mut pg = db.database_url.config().clone();
     pg.connect_timeout(TIMEOUT);
     let (mut client, connection) = pg
@@ -26,12 +29,20 @@ pub async fn migrate_cmd(db: &DbArgs) -> anyhow::Result<()> {
     let report = migrate::migrate(&mut client, &db.schema)
         .await
         .with_context(|| format!("migrating schema {}", db.schema))?;
+    if let Some(state) = args.wakeup_trigger {
+        migrate::set_wakeup_trigger(&client, &db.schema, state == TriggerState::Enable)
+            .await
+            .context("switching the wake-up trigger")?;
+    }
+    let wakeup_trigger = migrate::wakeup_trigger_enabled(&client, &db.schema).await?;
     drop(client);
     let _ = driver.await;
-    tracing::info!(schema = %db.schema, applied = ?report.applied, already_applied = ?report.already_applied, "migrated");
+    tracing::info!(schema = %db.schema, applied = ?report.applied,
+        already_applied = ?report.already_applied, wakeup_trigger, "migrated");
     println!(
         "{}",
-        json!({"schema": db.schema.as_str(), "applied": report.applied, "already_applied": report.already_applied})
+        json!({"schema": db.schema.as_str(), "applied": report.applied,
+               "already_applied": report.already_applied, "wakeup_trigger": wakeup_trigger})
     );
     Ok(())
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// confirms and marks them sent only once the broker has confirmed them.
 /// Delivery is at-least-once; every message carries a stable message_id.
 #[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, propagate_version = true)]
+#[command(name = "outbox-relay", version, propagate_version = true, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -36,7 +36,7 @@ pub enum Command {
     /// Relay pending outbox rows to RabbitMQ until SIGTERM/SIGINT.
     Run(Box<RunArgs>),
     /// Create the schema and outbox table (idempotent; safe to run on every deploy).
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Insert one message into the outbox (demos, smoke tests, operators).
     Send(SendArgs),
     /// Print counts of pending, due, sent and dead rows as JSON.
@@ -124,6 +124,39 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT: how long to let in-flight batches finish before exiting.
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// `listen`: keep one extra connection LISTENing for the outbox's wake-up
+    /// trigger, so an idle relay claims new rows at once; `off`: poll only.
+    /// Either way the relay polls; the trigger itself is enabled with
+    /// `outbox-relay migrate --wakeup-trigger enable`.
+    #[arg(long, env = "OUTBOX_WAKEUP", value_enum, default_value_t = Wakeup::Listen)]
+    pub wakeup: Wakeup,
+}
+
+/// How an idle relay learns about new rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wakeup {
+    /// LISTEN for the wake-up trigger's NOTIFY, and poll.
+    Listen,
+    /// Poll only.
+    Off,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Turn the wake-up trigger (a NOTIFY after each INSERT into the outbox)
+    /// on or off. It is created off: it lowers latency when the relay is idle
+    /// but serialises committing producers (see the README's Performance
+    /// section). Unchanged when not given.
+    #[arg(long, env = "OUTBOX_WAKEUP_TRIGGER", value_enum)]
+    pub wakeup_trigger: Option<TriggerState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TriggerState {
+    Enable,
+    Disable,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -43,7 +43,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             tokio::spawn(cancel_on_signal(stop.clone()));
             app.run_until_stopped(stop).await
         }
-        Command::Migrate(db) => commands::migrate_cmd(&db).await,
+        Command::Migrate(args) => commands::migrate_cmd(&args).await,
         Command::Send(args) => commands::send_cmd(&args).await,
         Command::Stats(db) => commands::stats_cmd(&db).await,
         Command::Show(args) => commands::show_cmd(&args).await,

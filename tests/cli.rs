@@ -235,7 +235,7 @@ async fn migrating_twice_is_a_no_op() {
     assert_eq!(report["applied"], serde_json::json!([]));
     assert_eq!(
         report["already_applied"],
-        serde_json::json!(["0001_outbox"])
+        serde_json::json!(["0001_outbox", "0002_wakeup"])
     );
     let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
     let applied_again: String = pg
@@ -256,9 +256,56 @@ async fn migrating_twice_is_a_no_op() {
 }
 
 #[tokio::test]
-async fn the_sql_file_applies_with_psql_as_documented() {
+async fn migrate_switches_the_wakeup_trigger_and_a_rerun_keeps_the_choice() {
+    let schema = unique("trigger");
+    let state = |extra: &'static [&'static str]| {
+        let schema = schema.clone();
+        async move {
+            let mut args = vec!["migrate", "--schema", schema.as_str()];
+            args.extend_from_slice(extra);
+            let out = output(relay(&args)).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            report["wakeup_trigger"]
+                .as_bool()
+                .expect("wakeup_trigger reported")
+        }
+    };
+    assert!(!state(&[]).await, "created disabled");
+    assert!(state(&["--wakeup-trigger", "enable"]).await);
+    assert!(state(&[]).await, "a plain re-run keeps it enabled");
+    assert!(!state(&["--wakeup-trigger", "disable"]).await);
+    let bad = output(relay(&[
+        "migrate",
+        "--schema",
+        &schema,
+        "--wakeup-trigger",
+        "maybe",
+    ]))
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    pg_client()
+        .await
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_sql_files_apply_with_psql_as_documented() {
     let schema = unique("psql");
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/0001_outbox.sql");
+    // Every file under sql/, in order, as the README says.
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2);
     for _ in 0..2 {
         let out = output({
             let mut c = Command::new("psql");
@@ -270,9 +317,10 @@ async fn the_sql_file_applies_with_psql_as_documented() {
                 "--single-transaction",
                 "-v",
                 &format!("schema={schema}"),
-                "-f",
-                sql,
             ]);
+            for file in &files {
+                c.arg("-f").arg(file);
+            }
             c
         })
         .await;

@@ -19,11 +19,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_outbox",
-    sql: include_str!("../../sql/0001_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_outbox",
+        sql: include_str!("../../sql/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_wakeup",
+        sql: include_str!("../../sql/0002_wakeup.sql"),
+    },
+];
 
 /// What a `migrate` run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +92,37 @@ pub async fn migrate(
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Enables or disables the wake-up trigger of `schema`'s outbox (migration
+/// 0002 creates it disabled). Idempotent.
+pub async fn set_wakeup_trigger(
+    client: &Client,
+    schema: &Identifier,
+    enabled: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let action = if enabled { "ENABLE" } else { "DISABLE" };
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {}.outbox {action} TRIGGER outbox_wakeup",
+            schema.quoted()
+        ))
+        .await
+}
+
+/// Whether the wake-up trigger of `schema`'s outbox fires.
+pub async fn wakeup_trigger_enabled(
+    client: &Client,
+    schema: &Identifier,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE(bool_or(tgenabled <> 'D'), false) FROM pg_trigger
+             WHERE tgname = 'outbox_wakeup' AND tgrelid = to_regclass($1)",
+            &[&format!("{}.outbox", schema.quoted())],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@
 //!   statement per batch and never deletes a row (invariant 3).
 
 mod ident;
+mod listen;
 pub mod migrate;
 mod row;
 mod sql;
 
 pub use ident::{Identifier, IdentifierError};
+pub use listen::run_listener;
 pub use row::{Inserted, MessageId, NewMessage, OutboxRow, RowId, RowView, Stats};
 pub use sql::Statements;
 

@@ -20,7 +20,10 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED";
 
 /// `--on-sent mark`: confirmed rows leave the pending set but stay visible.
-const MARK_SENT: &str = "UPDATE {table} SET sent_at = now() WHERE id = ANY($1::bigint[])";
+/// `statement_timestamp()`, not `now()`: the claiming transaction began
+/// before the publish, and `sent_at` records when the broker had confirmed.
+const MARK_SENT: &str =
+    "UPDATE {table} SET sent_at = statement_timestamp() WHERE id = ANY($1::bigint[])";
 
 /// `--on-sent delete`: confirmed rows are removed.
 const DELETE_SENT: &str = "DELETE FROM {table} WHERE id = ANY($1::bigint[])";

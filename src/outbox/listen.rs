@@ -1,0 +1,100 @@
+//! Wake-ups: one dedicated connection LISTENs on the outbox table's channel
+//! (`outbox_<table oid>`, fed by the trigger of migration 0002) and turns each
+//! notification into a permit on a [`Notify`], so that one idle worker claims
+//! at once instead of at its next poll.
+//!
+//! Wake-ups are hints. Polling goes on regardless, so a lost notification, a
+//! disabled trigger or a dropped LISTEN connection only costs latency, never a
+//! message. The listener reconnects on its own with a capped backoff.
+
+use super::Identifier;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+/// Why a LISTEN connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the server closed the connection")]
+    Closed,
+}
+
+/// Runs until `stop` fires: keeps a LISTEN connection open and forwards each
+/// notification on the outbox's channel to `wake` (`notify_one`: a permit is
+/// kept when no worker is waiting, and several notifications fold into one).
+pub async fn run_listener(
+    config: tokio_postgres::Config,
+    schema: Identifier,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let table = format!("{}.outbox", schema.quoted());
+    let mut delay = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match listen_once(&config, &table, &wake, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "wake-up listener lost its connection; polling meanwhile");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection's life: LISTEN, forward notifications until the connection
+/// ends (an error) or `stop` fires (`Ok`).
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    table: &str,
+    wake: &Notify,
+    stop: &CancellationToken,
+) -> Result<(), ListenError> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    // The connection yields notifications only while it is polled; drive it
+    // from here and let the client's queries progress through it.
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let setup = async {
+        let row = client
+            .query_one("SELECT $1::text::regclass::oid::bigint", &[&table])
+            .await?;
+        let channel = format!("outbox_{}", row.get::<_, i64>(0));
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await?;
+        Ok::<_, tokio_postgres::Error>(channel)
+    };
+    tokio::pin!(setup);
+    let channel = loop {
+        tokio::select! {
+            done = &mut setup => break done?,
+            message = messages.next() => match message {
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ListenError::Closed),
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    tracing::debug!(channel, "listening for wake-ups");
+    // Rows may have arrived while no one listened.
+    wake.notify_one();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ListenError::Closed),
+            },
+        }
+    }
+}
