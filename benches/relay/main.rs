@@ -1,0 +1,183 @@
+//! The relay's benchmark: `cargo bench --bench relay [-- --quick]`.
+//!
+//! Every figure is set against a baseline measured in the same run: plain
+//! lapin publishing with confirms to the same kind of queue, which is the
+//! ceiling any relay works under. Needs the local services
+//! (`deploy/local/services.sh`). Prints a table and one JSON line per
+//! scenario, and writes the table as Markdown to `target/bench/relay.md`.
+
+mod report;
+mod scenarios;
+mod support;
+
+use clap::Parser;
+use report::{Report, Row};
+use support::{BenchQueue, QueueKind};
+
+/// Benchmark of `outbox-relay run` against plain lapin on the same broker.
+#[derive(Debug, Parser)]
+struct Options {
+    /// Rows per drain (and messages per baseline).
+    #[arg(long, default_value = "200000")]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value = "256")]
+    payload: usize,
+    /// Queue kinds to measure drains on (repeatable).
+    #[arg(long = "queue", value_enum, default_values = ["classic", "quorum"])]
+    queues: Vec<QueueKind>,
+    /// Seconds each steady-rate run produces for.
+    #[arg(long, default_value = "10")]
+    steady_secs: f64,
+    /// Seconds each producer-impact run inserts for.
+    #[arg(long, default_value = "5")]
+    producer_secs: f64,
+    /// A short run for checking the harness: 20,000 messages, 3 s steady runs.
+    #[arg(long)]
+    quick: bool,
+    /// Where the Markdown table goes.
+    #[arg(long, default_value = "target/bench/relay.md")]
+    out: std::path::PathBuf,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let mut opts = Options::parse();
+    if opts.quick {
+        opts.messages = opts.messages.min(20_000);
+        opts.steady_secs = opts.steady_secs.min(3.0);
+        opts.producer_secs = opts.producer_secs.min(2.0);
+    }
+    let mut report = Report::new(&opts_line(&opts)).await;
+    let conn = support::amqp().await;
+    let channel = conn.create_channel().await.unwrap();
+    for (i, kind) in opts.queues.iter().enumerate() {
+        let queue = BenchQueue::declare(&channel, *kind).await;
+        drains(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
+        queue.delete(&channel).await;
+    }
+    let queue = BenchQueue::declare(&channel, QueueKind::Classic).await;
+    steady(&mut report, &conn, &queue, &opts).await;
+    producer_impact(&mut report, &channel, &queue, &opts).await;
+    queue.delete(&channel).await;
+    report.finish(&opts.out);
+}
+
+fn opts_line(o: &Options) -> String {
+    format!(
+        "messages {}, payload {} B, queues {:?}, steady {} s",
+        o.messages, o.payload, o.queues, o.steady_secs
+    )
+}
+
+/// Baseline, drains (mark, delete), cost, and on the first queue kind scale-out.
+async fn drains(
+    report: &mut Report,
+    conn: &lapin::Connection,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    opts: &Options,
+    scale_out: bool,
+) {
+    let (n, kind) = (opts.messages, queue.kind.name());
+    let (base, window) = scenarios::baseline(conn, queue, n, opts.payload).await;
+    report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
+    let mut one_relay = 0.0;
+    for on_sent in ["mark", "delete"] {
+        let d = scenarios::drain(
+            queue,
+            channel,
+            &format!("drain_{on_sent}"),
+            n,
+            opts.payload,
+            1,
+            &["--on-sent", on_sent],
+        )
+        .await;
+        report.add(
+            Row::new("drain", kind, format!("--on-sent {on_sent}"))
+                .rate(d.rate)
+                .ratio(d.rate / base, 0.90)
+                .dead_tuples(d.dead_tuples),
+        );
+        if on_sent == "mark" {
+            one_relay = d.rate;
+            let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
+            let mib = d.cost.peak_rss_kib as f64 / 1024.0;
+            report.add(Row::new("cost", kind, "CPU per message".into()).value(us, "µs", 15.0));
+            report.add(Row::new("cost", kind, "peak RSS".into()).value(mib, "MiB", 40.0));
+        }
+    }
+    if scale_out {
+        for relays in [2, 4] {
+            let d = scenarios::drain(
+                queue,
+                channel,
+                &format!("scale_{relays}"),
+                n,
+                opts.payload,
+                relays,
+                &[],
+            )
+            .await;
+            let row = Row::new("scale-out", kind, format!("{relays} relays vs 1"))
+                .rate(d.rate)
+                .ratio(d.rate / one_relay, if relays == 2 { 1.0 } else { 0.0 });
+            report.add(row);
+        }
+    }
+}
+
+/// Steady rates, with and without the wake-up trigger.
+async fn steady(report: &mut Report, conn: &lapin::Connection, queue: &BenchQueue, opts: &Options) {
+    const POLL_MS: f64 = 500.0;
+    for trigger in [true, false] {
+        for rate in [100, 1_000, 5_000] {
+            let s =
+                scenarios::steady(conn, queue, rate, opts.steady_secs, trigger, opts.payload).await;
+            let label = format!("{rate}/s, trigger {}", if trigger { "on" } else { "off" });
+            let mut row = Row::new("steady", queue.kind.name(), label)
+                .rate(s.achieved)
+                .latency(s.to_ack, s.to_consumer)
+                .dead_tuples(s.dead_tuples);
+            if rate == 1_000 {
+                let bound = if trigger { 15.0 } else { POLL_MS + 5.0 };
+                row = row.p99_target(bound);
+            }
+            report.add(row);
+        }
+    }
+}
+
+/// Insert throughput with the trigger installed vs not.
+async fn producer_impact(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    opts: &Options,
+) {
+    let without = scenarios::producer_rate(queue, opts.producer_secs, false, opts.payload).await;
+    queue.purge(channel).await;
+    let with = scenarios::producer_rate(queue, opts.producer_secs, true, opts.payload).await;
+    queue.purge(channel).await;
+    report.add(
+        Row::new(
+            "producer",
+            queue.kind.name(),
+            "8 inserters, trigger off".into(),
+        )
+        .rate(without),
+    );
+    report.add(
+        Row::new(
+            "producer",
+            queue.kind.name(),
+            "8 inserters, trigger on".into(),
+        )
+        .rate(with)
+        .ratio(with / without, 0.0),
+    );
+}

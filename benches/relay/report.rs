@@ -1,0 +1,203 @@
+//! Rows of results, each judged against its target, printed as they come
+//! (one JSON line each) and at the end as a Markdown table.
+
+use crate::scenarios::Latency;
+use serde_json::json;
+use std::process::Command;
+
+/// One measured line of the report.
+pub struct Row {
+    scenario: &'static str,
+    queue: &'static str,
+    label: String,
+    rate: Option<f64>,
+    /// Ratio and its minimum (0: informational).
+    ratio: Option<(f64, f64)>,
+    /// A value, its unit and its maximum.
+    value: Option<(f64, &'static str, f64)>,
+    latency: Option<(Latency, Latency)>,
+    p99_max: Option<f64>,
+    dead_tuples: Option<i64>,
+}
+
+impl Row {
+    pub fn new(scenario: &'static str, queue: &'static str, label: String) -> Self {
+        Self {
+            scenario,
+            queue,
+            label,
+            rate: None,
+            ratio: None,
+            value: None,
+            latency: None,
+            p99_max: None,
+            dead_tuples: None,
+        }
+    }
+
+    pub fn rate(mut self, rate: f64) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    pub fn ratio(mut self, ratio: f64, min: f64) -> Self {
+        self.ratio = Some((ratio, min));
+        self
+    }
+
+    /// A value with an upper bound.
+    pub fn value(mut self, value: f64, unit: &'static str, max: f64) -> Self {
+        self.value = Some((value, unit, max));
+        self
+    }
+
+    pub fn latency(mut self, to_ack: Latency, to_consumer: Latency) -> Self {
+        self.latency = Some((to_ack, to_consumer));
+        self
+    }
+
+    pub fn p99_target(mut self, max_ms: f64) -> Self {
+        self.p99_max = Some(max_ms);
+        self
+    }
+
+    pub fn dead_tuples(mut self, n: i64) -> Self {
+        self.dead_tuples = Some(n);
+        self
+    }
+
+    /// `None` when the row has no target.
+    fn met(&self) -> Option<bool> {
+        let checks = [
+            self.ratio
+                .filter(|(_, min)| *min > 0.0)
+                .map(|(r, min)| r >= min),
+            self.value.map(|(v, _, max)| v <= max),
+            self.p99_max
+                .zip(self.latency)
+                .map(|(max, (ack, _))| ack.p99 <= max),
+        ];
+        checks.into_iter().flatten().reduce(|a, b| a && b)
+    }
+
+    fn target(&self) -> String {
+        if let Some((_, min)) = self.ratio.filter(|(_, min)| *min > 0.0) {
+            return format!("ratio ≥ {min:.2}");
+        }
+        if let Some((_, unit, max)) = self.value {
+            return format!("≤ {max} {unit}");
+        }
+        self.p99_max
+            .map(|m| format!("p99 to ack ≤ {m} ms"))
+            .unwrap_or_default()
+    }
+
+    fn result(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rate) = self.rate {
+            parts.push(format!("{rate:.0} msg/s"));
+        }
+        if let Some((ratio, _)) = self.ratio {
+            parts.push(format!("ratio {ratio:.2}"));
+        }
+        if let Some((v, unit, _)) = self.value {
+            parts.push(format!("{v:.2} {unit}"));
+        }
+        if let Some((ack, consumer)) = self.latency {
+            parts.push(format!(
+                "to ack p50/p90/p99/max {:.1}/{:.1}/{:.1}/{:.1} ms; to consumer p99 {:.1} ms",
+                ack.p50, ack.p90, ack.p99, ack.max, consumer.p99
+            ));
+        }
+        if let Some(n) = self.dead_tuples {
+            parts.push(format!("dead tuples {n}"));
+        }
+        parts.join("; ")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let lat = |l: &Latency| json!({"p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max});
+        json!({
+            "scenario": self.scenario, "queue": self.queue, "case": self.label,
+            "msgs_per_sec": self.rate, "ratio": self.ratio.map(|r| r.0),
+            "value": self.value.map(|v| v.0), "unit": self.value.map(|v| v.1),
+            "to_ack_ms": self.latency.map(|l| lat(&l.0)),
+            "to_consumer_ms": self.latency.map(|l| lat(&l.1)),
+            "dead_tuples": self.dead_tuples, "target": self.target(), "met": self.met(),
+        })
+    }
+}
+
+/// The whole run.
+pub struct Report {
+    header: String,
+    rows: Vec<Row>,
+}
+
+impl Report {
+    pub async fn new(options: &str) -> Self {
+        let pg = crate::support::pg().await;
+        let pg_version: String = pg
+            .query_one("SHOW server_version", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let header = format!(
+            "{} · {} cores · {} · PostgreSQL {} · RabbitMQ {} · commit {} · {}",
+            shell("date -u +%Y-%m-%d"),
+            shell("nproc"),
+            shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+            pg_version.split_whitespace().next().unwrap_or_default(),
+            shell("rabbitmqctl -q version 2>/dev/null || echo unknown"),
+            shell("git rev-parse --short HEAD 2>/dev/null || echo unknown"),
+            options,
+        );
+        println!("# outbox-relay benchmark: {header}");
+        Self {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, row: Row) {
+        println!("{}", row.json());
+        self.rows.push(row);
+    }
+
+    pub fn finish(self, out: &std::path::Path) {
+        let mut md = format!(
+            "{}\n\n| scenario | queue | case | result | target | met |\n|---|---|---|---|---|---|\n",
+            self.header
+        );
+        for r in &self.rows {
+            let met = match r.met() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.scenario,
+                r.queue,
+                r.label,
+                r.result(),
+                r.target(),
+                met
+            ));
+        }
+        println!("\n{md}");
+        if let Some(dir) = out.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(out, md).expect("write the report");
+        println!("written to {}", out.display());
+    }
+}
+
+fn shell(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,340 @@
+//! The scenarios: the lapin baseline (the broker's ceiling), drains by the
+//! real `outbox-relay run` binary, scale-out, steady-rate latency and the
+//! wake-up trigger's cost to producers.
+
+use crate::support::{BenchQueue, ProcessCost, RelayProcess, Schema, pg};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+
+const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Plain lapin: `n` persistent, mandatory messages with confirms, keeping
+/// `window` publishes in flight on one channel. Returns msgs/s.
+pub async fn lapin_publish(
+    conn: &Connection,
+    queue: &str,
+    n: usize,
+    payload: usize,
+    window: usize,
+) -> f64 {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = vec![b'x'; payload];
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for i in 0..n {
+        if in_flight.len() >= window {
+            check(in_flight.next().await.unwrap());
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(i.to_string().into())
+            .with_content_type("application/octet-stream".into());
+        let confirm = channel
+            .basic_publish("".into(), queue.into(), options, &body, properties)
+            .await
+            .unwrap();
+        in_flight.push(confirm);
+    }
+    while let Some(c) = in_flight.next().await {
+        check(c);
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = channel.close(200, "done".into()).await;
+    rate
+}
+
+fn check(confirmation: lapin::Result<Confirmation>) {
+    match confirmation {
+        Ok(Confirmation::Ack(None)) => {}
+        other => panic!("baseline publish not acked: {other:?}"),
+    }
+}
+
+/// The baseline: tries several in-flight windows on a sample, then publishes
+/// `n` with the best. Returns (msgs/s, window).
+pub async fn baseline(
+    conn: &Connection,
+    queue: &BenchQueue,
+    n: usize,
+    payload: usize,
+) -> (f64, usize) {
+    let channel = conn.create_channel().await.unwrap();
+    let sample = (n / 5).clamp(5_000, 40_000);
+    let mut best = (0.0, 0);
+    for window in [256, 1024, 4096] {
+        let rate = lapin_publish(conn, &queue.name, sample, payload, window).await;
+        queue.purge(&channel).await;
+        if rate > best.0 {
+            best = (rate, window);
+        }
+    }
+    let rate = lapin_publish(conn, &queue.name, n, payload, best.1).await;
+    queue.purge(&channel).await;
+    (rate, best.1)
+}
+
+/// What one drain measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub rate: f64,
+    pub cost: ProcessCost,
+    pub dead_tuples: i64,
+}
+
+/// `relays` relay processes drain `n` pending rows; msgs/s over the wall
+/// time from their start until no row is pending.
+pub async fn drain(
+    queue: &BenchQueue,
+    channel: &lapin::Channel,
+    label: &str,
+    n: usize,
+    payload: usize,
+    relays: usize,
+    extra: &[&str],
+) -> Drain {
+    let pg = pg().await;
+    let schema = Schema::create(label, false).await;
+    schema.fill(&pg, n, payload, &queue.name).await;
+    let started = Instant::now();
+    let children: Vec<RelayProcess> = (0..relays)
+        .map(|_| RelayProcess::spawn(&schema, extra))
+        .collect();
+    schema.wait_drained(&pg, DRAIN_DEADLINE).await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cost = children[0].cost();
+    for child in children {
+        child.stop();
+    }
+    let dead_tuples = schema.dead_tuples(&pg).await;
+    schema.drop_schema(&pg).await;
+    queue.purge(channel).await;
+    Drain {
+        rate,
+        cost,
+        dead_tuples,
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: *samples.last().unwrap(),
+        }
+    }
+}
+
+/// What one steady-rate run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Steady {
+    pub achieved: f64,
+    pub to_ack: Latency,
+    pub to_consumer: Latency,
+    pub dead_tuples: i64,
+}
+
+fn epoch_ms(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3
+}
+
+/// Producers commit single-row transactions at `rate` for `secs`; a consumer
+/// records arrivals. Latency from each commit's return to the relay's mark
+/// after the broker's ack (`sent_at`) and to the consumer's receipt.
+pub async fn steady(
+    conn: &Connection,
+    queue: &BenchQueue,
+    rate: u32,
+    secs: f64,
+    trigger: bool,
+    payload: usize,
+) -> Steady {
+    let pg = pg().await;
+    let schema = Schema::create(&format!("steady_{rate}_{trigger}"), trigger).await;
+    let relay = RelayProcess::spawn(&schema, &[]);
+    let received: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
+    let consumer = tokio::spawn(consume_into(
+        conn.create_channel().await.unwrap(),
+        queue.name.clone(),
+        received.clone(),
+    ));
+    // Let the relay finish starting (its first idle claim) before timing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let producers = (rate / 250).clamp(1, 16);
+    let per_producer = f64::from(rate) / f64::from(producers);
+    let committed: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            tokio::spawn(produce(
+                schema.table(),
+                queue.name.clone(),
+                per_producer,
+                secs,
+                payload,
+                committed.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let achieved = committed.lock().await.len() as f64 / started.elapsed().as_secs_f64();
+    schema.wait_drained(&pg, DRAIN_DEADLINE).await;
+    let expected = committed.lock().await.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().await.len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consumer.abort();
+    relay.stop();
+
+    let sent: HashMap<String, f64> = pg
+        .query(
+            &format!(
+                "SELECT message_id::text, extract(epoch FROM sent_at)::float8 * 1000 FROM {}",
+                schema.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let committed = committed.lock().await;
+    let received = received.lock().await;
+    let since_commit = |times: &HashMap<String, f64>| {
+        committed
+            .iter()
+            .filter_map(|(id, at)| times.get(id).map(|t| (t - at).max(0.0)))
+            .collect::<Vec<_>>()
+    };
+    let result = Steady {
+        achieved,
+        to_ack: Latency::of(since_commit(&sent)),
+        to_consumer: Latency::of(since_commit(&received)),
+        dead_tuples: schema.dead_tuples(&pg).await,
+    };
+    schema.drop_schema(&pg).await;
+    result
+}
+
+async fn produce(
+    table: String,
+    queue: String,
+    rate: f64,
+    secs: f64,
+    payload: usize,
+    committed: Arc<Mutex<HashMap<String, f64>>>,
+) {
+    let pg = pg().await;
+    let insert = pg
+        .prepare(&format!(
+            "INSERT INTO {table} (message_id, routing_key, payload) VALUES ($1, $2, convert_to(repeat('x', $3), 'UTF8'))"
+        ))
+        .await
+        .unwrap();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        ticks.tick().await;
+        let id = uuid::Uuid::new_v4();
+        pg.execute(&insert, &[&id, &queue, &(payload as i32)])
+            .await
+            .unwrap();
+        let at = epoch_ms(SystemTime::now());
+        committed.lock().await.insert(id.to_string(), at);
+    }
+}
+
+async fn consume_into(
+    channel: lapin::Channel,
+    queue: String,
+    received: Arc<Mutex<HashMap<String, f64>>>,
+) {
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let at = epoch_ms(SystemTime::now());
+        if let Some(id) = delivery.properties.message_id() {
+            received.lock().await.insert(id.to_string(), at);
+        }
+    }
+}
+
+/// The application's single-row insert throughput (8 connections, as fast as
+/// they go, for `secs`) while a relay drains, with the trigger on or off.
+pub async fn producer_rate(queue: &BenchQueue, secs: f64, trigger: bool, payload: usize) -> f64 {
+    let watcher = pg().await;
+    let schema = Schema::create(&format!("producer_{trigger}"), trigger).await;
+    let relay = RelayProcess::spawn(&schema, &[]);
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (table, queue, count) = (schema.table(), queue.name.clone(), count.clone());
+            tokio::spawn(async move {
+                let pg = pg().await;
+                let sql = format!("INSERT INTO {table} (routing_key, payload) VALUES ($1, convert_to(repeat('x', $2), 'UTF8'))");
+                let insert = pg.prepare(&sql).await.unwrap();
+                let end = Instant::now() + Duration::from_secs_f64(secs);
+                while Instant::now() < end {
+                    pg.execute(&insert, &[&queue, &(payload as i32)]).await.unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate =
+        count.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    schema.wait_drained(&watcher, DRAIN_DEADLINE).await;
+    relay.stop();
+    schema.drop_schema(&watcher).await;
+    rate
+}

@@ -1,0 +1,238 @@
+//! The benchmark's plumbing: services, schemas, queues, and the relay as a
+//! child process whose CPU time and peak memory are read from /proc.
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+pub fn pg_url() -> String {
+    std::env::var("OUTBOX_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("OUTBOX_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL reachable (run deploy/local/services.sh)");
+    tokio::spawn(conn);
+    client
+}
+
+pub async fn amqp() -> Connection {
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ reachable (run deploy/local/services.sh)")
+}
+
+/// The kind of queue the relay (and the baseline) publish to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueKind {
+    Classic,
+    Quorum,
+}
+
+impl QueueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+/// A durable queue of one kind, deleted on `delete`.
+pub struct BenchQueue {
+    pub name: String,
+    pub kind: QueueKind,
+}
+
+impl BenchQueue {
+    pub async fn declare(channel: &Channel, kind: QueueKind) -> Self {
+        let name = format!("bench_{}_{}", kind.name(), std::process::id());
+        let mut args = FieldTable::default();
+        if kind == QueueKind::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("declare the bench queue");
+        Self { name, kind }
+    }
+
+    pub async fn purge(&self, channel: &Channel) {
+        channel
+            .queue_purge(self.name.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge the bench queue");
+    }
+
+    pub async fn delete(self, channel: &Channel) {
+        let _ = channel
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// A migrated outbox schema of its own, dropped on `drop_schema`.
+pub struct Schema {
+    pub name: String,
+}
+
+impl Schema {
+    pub async fn create(label: &str, trigger: bool) -> Self {
+        let name = format!("bench_{label}_{}", std::process::id());
+        let pg = pg().await;
+        pg.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+            .await
+            .unwrap();
+        let state = if trigger { "enable" } else { "disable" };
+        let out = Command::new(RELAY)
+            .args(["migrate", "--schema", &name, "--wakeup-trigger", state])
+            .args(["--database-url", &pg_url(), "--log-level", "warn"])
+            .output()
+            .expect("run outbox-relay migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
+    pub fn table(&self) -> String {
+        format!("\"{}\".outbox", self.name)
+    }
+
+    /// `n` pending rows of `payload` bytes routed to `queue`, then VACUUM
+    /// ANALYZE so the drain starts from a table in its steady shape.
+    pub async fn fill(&self, pg: &tokio_postgres::Client, n: usize, payload: usize, queue: &str) {
+        let sql = format!(
+            "INSERT INTO {} (routing_key, payload, content_type, headers)
+             SELECT $1, convert_to(repeat('x', $2), 'UTF8'), 'application/octet-stream',
+                    jsonb_build_object('seq', g)
+             FROM generate_series(1, $3) g",
+            self.table()
+        );
+        pg.execute(&sql, &[&queue, &(payload as i32), &(n as i32)])
+            .await
+            .expect("fill the outbox");
+        pg.batch_execute(&format!("VACUUM ANALYZE {}", self.table()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn pending(&self, pg: &tokio_postgres::Client) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE sent_at IS NULL AND dead_at IS NULL",
+            self.table()
+        );
+        pg.query_one(&sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until no row is pending; polls every 20 ms.
+    pub async fn wait_drained(&self, pg: &tokio_postgres::Client, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.pending(pg).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} not drained within {within:?}",
+                self.table()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Dead tuples of the outbox table as the statistics collector last saw them.
+    pub async fn dead_tuples(&self, pg: &tokio_postgres::Client) -> i64 {
+        pg.query_one(
+            "SELECT COALESCE(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relid = $1::text::regclass",
+            &[&self.table()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    pub async fn drop_schema(self, pg: &tokio_postgres::Client) {
+        let _ = pg
+            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
+            .await;
+    }
+}
+
+/// `outbox-relay run` as a child process.
+pub struct RelayProcess {
+    child: Child,
+}
+
+/// What the child cost, read before it was stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessCost {
+    pub cpu: Duration,
+    pub peak_rss_kib: u64,
+}
+
+impl RelayProcess {
+    pub fn spawn(schema: &Schema, extra: &[&str]) -> Self {
+        let child = Command::new(RELAY)
+            .args(["run", "--schema", &schema.name, "--log-level", "warn"])
+            .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn outbox-relay run");
+        Self { child }
+    }
+
+    /// User + system CPU time and peak RSS so far, from /proc.
+    pub fn cost(&self) -> ProcessCost {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the whole line, in clock ticks.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let peak_rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        ProcessCost {
+            cpu: Duration::from_secs_f64(ticks as f64 / per_sec as f64),
+            peak_rss_kib,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill with a pid we own and a valid signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for the relay");
+        assert!(status.success(), "the relay exited with {status}");
+    }
+}
