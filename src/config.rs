@@ -23,7 +23,12 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// confirms and marks them sent only once the broker has confirmed them.
 /// Delivery is at-least-once; every message carries a stable message_id.
 #[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, propagate_version = true, args_override_self = true)]
+#[command(
+    name = "outbox-relay",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -99,7 +104,9 @@ pub struct RunArgs {
     /// Batches in flight at once, each with its own database connection and channel.
     #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]
     pub concurrency: NonZeroUsize,
-    /// Idle wait between claims when nothing is due.
+    /// Idle wait between claims when nothing is due: each worker waits a
+    /// random 50-100% of it, so their polls spread out and a new row waits
+    /// about poll-interval / concurrency, never more than poll-interval.
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long a batch waits for the broker's confirms before its unconfirmed

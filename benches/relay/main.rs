@@ -32,6 +32,10 @@ struct Options {
     /// Seconds each producer-impact run inserts for.
     #[arg(long, default_value = "5")]
     producer_secs: f64,
+    /// Scenario groups to run (repeatable): drain (baseline, drains, cost,
+    /// scale-out), steady, producer.
+    #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer"])]
+    only: Vec<Group>,
     /// A short run for checking the harness: 20,000 messages, 3 s steady runs.
     #[arg(long)]
     quick: bool,
@@ -41,6 +45,13 @@ struct Options {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    Drain,
+    Steady,
+    Producer,
 }
 
 #[tokio::main]
@@ -55,13 +66,19 @@ async fn main() {
     let conn = support::amqp().await;
     let channel = conn.create_channel().await.unwrap();
     for (i, kind) in opts.queues.iter().enumerate() {
-        let queue = BenchQueue::declare(&channel, *kind).await;
-        drains(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
-        queue.delete(&channel).await;
+        if opts.only.contains(&Group::Drain) {
+            let queue = BenchQueue::declare(&channel, *kind).await;
+            drains(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
+            queue.delete(&channel).await;
+        }
     }
     let queue = BenchQueue::declare(&channel, QueueKind::Classic).await;
-    steady(&mut report, &conn, &queue, &opts).await;
-    producer_impact(&mut report, &channel, &queue, &opts).await;
+    if opts.only.contains(&Group::Steady) {
+        steady(&mut report, &conn, &queue, &opts).await;
+    }
+    if opts.only.contains(&Group::Producer) {
+        producer_impact(&mut report, &channel, &queue, &opts).await;
+    }
     queue.delete(&channel).await;
     report.finish(&opts.out);
 }

@@ -51,7 +51,7 @@ pub async fn run_worker(
             }
             Ok(Ok(Outcome::Empty)) => {
                 recovered(&mut healthy, &mut errors, worker);
-                options.poll_interval
+                idle_wait(options.poll_interval)
             }
             Ok(Err(e)) => {
                 let delay = errors.next_delay();
@@ -80,6 +80,13 @@ pub async fn run_worker(
     }
     relay.close().await;
     tracing::debug!(worker, "worker stopped");
+}
+
+/// A random 50-100% of the poll interval: the workers' idle polls drift
+/// apart instead of firing together, so a new row waits for the next poll of
+/// any worker (about `poll / concurrency`), never longer than `poll`.
+fn idle_wait(poll: Duration) -> Duration {
+    poll.mul_f64(0.5 + 0.5 * fastrand::f64())
 }
 
 fn recovered(healthy: &mut bool, errors: &mut ErrorBackoff, worker: usize) {
