@@ -40,10 +40,7 @@ pub async fn lapin_publish(
         if in_flight.len() >= window {
             check(in_flight.next().await.unwrap());
         }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(i.to_string().into())
-            .with_content_type("application/octet-stream".into());
+        let properties = relay_like_properties(i as i64);
         let confirm = channel
             .basic_publish("".into(), queue.into(), options, &body, properties)
             .await
@@ -56,6 +53,24 @@ pub async fn lapin_publish(
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let _ = channel.close(200, "done".into()).await;
     rate
+}
+
+/// The properties the relay sends for a row of [`Schema::fill`]: the
+/// baseline must carry the same per-message work for the broker (a header
+/// table, a UUID message_id, a timestamp), or the ceiling is not comparable.
+fn relay_like_properties(seq: i64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("seq".into(), lapin::types::AMQPValue::LongLongInt(seq));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_timestamp(now)
+        .with_content_type("application/octet-stream".into())
+        .with_headers(headers)
 }
 
 fn check(confirmation: lapin::Result<Confirmation>) {

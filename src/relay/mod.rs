@@ -28,7 +28,7 @@ use crate::amqp::{
 use crate::outbox::{Failure, OnSent, Outbox, OutboxRow, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Tunables of the relay step.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ pub struct BatchReport {
     pub sent: usize,
     pub retried: usize,
     pub dead: usize,
+    /// Time spent claiming, publishing until the last confirm, and marking
+    /// and committing: where a slow batch spent its time.
+    pub timings: [Duration; 3],
 }
 
 /// A step that could not run; nothing was marked, every claim was released.
@@ -121,6 +124,7 @@ impl Relay {
     /// Runs one claim → publish → mark cycle.
     pub async fn relay_batch(&mut self) -> Result<Outcome, RelayError> {
         self.ensure_publisher().await?;
+        let started = Instant::now();
         let mut client = self.outbox.pool().get().await?;
         let tx = client.transaction().await?;
         let rows = self
@@ -131,7 +135,9 @@ impl Relay {
             tx.commit().await?;
             return Ok(Outcome::Empty);
         }
+        let claimed = Instant::now();
         let results = self.publish(&rows).await?;
+        let published = Instant::now();
         let (sent, failures) = self.sort_results(&rows, results);
         self.outbox
             .complete(&tx, &sent, self.settings.on_sent)
@@ -144,6 +150,7 @@ impl Relay {
             sent: sent.len(),
             retried: failures.len() - dead,
             dead,
+            timings: [claimed - started, published - claimed, published.elapsed()],
         }))
     }
 

@@ -44,6 +44,9 @@ pub async fn run_worker(
                     sent = report.sent,
                     retried = report.retried,
                     dead = report.dead,
+                    claim = ?report.timings[0],
+                    publish = ?report.timings[1],
+                    mark = ?report.timings[2],
                     "batch relayed"
                 );
                 // More may be due: claim again at once.
