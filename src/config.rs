@@ -99,7 +99,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
     /// Rows claimed (and published) per batch.
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value = "1000")]
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value = "500")]
     pub batch_size: NonZeroUsize,
     /// Batches in flight at once, each with its own database connection and channel.
     #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]

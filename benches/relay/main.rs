@@ -100,50 +100,38 @@ async fn drains(
     scale_out: bool,
 ) {
     let (n, kind) = (opts.messages, queue.kind.name());
-    let (base, window) = scenarios::baseline(conn, queue, n, opts.payload).await;
-    report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
-    let mut one_relay = 0.0;
+    let window = scenarios::best_window(conn, queue, n, opts.payload).await;
     for on_sent in ["mark", "delete"] {
-        let d = scenarios::drain(
-            queue,
-            channel,
-            &format!("drain_{on_sent}"),
-            n,
-            opts.payload,
-            1,
-            &["--on-sent", on_sent],
-        )
-        .await;
+        let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
+        report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
+        let extra = ["--on-sent", on_sent];
+        let d = scenarios::drain(queue, channel, on_sent, n, opts.payload, 1, &extra).await;
         report.add(
             Row::new("drain", kind, format!("--on-sent {on_sent}"))
                 .rate(d.rate)
                 .ratio(d.rate / base, 0.90)
                 .dead_tuples(d.dead_tuples),
         );
-        if on_sent == "mark" {
-            one_relay = d.rate;
-            let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
-            let mib = d.cost.peak_rss_kib as f64 / 1024.0;
-            report.add(Row::new("cost", kind, "CPU per message".into()).value(us, "µs", 15.0));
-            report.add(Row::new("cost", kind, "peak RSS".into()).value(mib, "MiB", 40.0));
-        }
+        let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
+        let mib = d.cost.peak_rss_kib as f64 / 1024.0;
+        let case = |what: &str| format!("{what}, --on-sent {on_sent}");
+        report.add(Row::new("cost", kind, case("CPU per message")).value(us, "µs", 15.0));
+        report.add(Row::new("cost", kind, case("peak RSS")).value(mib, "MiB", 40.0));
     }
     if scale_out {
-        for relays in [2, 4] {
-            let d = scenarios::drain(
-                queue,
-                channel,
-                &format!("scale_{relays}"),
-                n,
-                opts.payload,
-                relays,
-                &[],
-            )
-            .await;
-            let row = Row::new("scale-out", kind, format!("{relays} relays vs 1"))
-                .rate(d.rate)
-                .ratio(d.rate / one_relay, if relays == 2 { 1.0 } else { 0.0 });
-            report.add(row);
+        let mut one_relay = 0.0;
+        for relays in [1, 2, 4] {
+            let label = format!("scale_{relays}");
+            let d = scenarios::drain(queue, channel, &label, n, opts.payload, relays, &[]).await;
+            if relays == 1 {
+                one_relay = d.rate;
+            }
+            let min = if relays == 2 { 1.0 } else { 0.0 };
+            report.add(
+                Row::new("scale-out", kind, format!("{relays} relays vs 1"))
+                    .rate(d.rate)
+                    .ratio(d.rate / one_relay, min),
+            );
         }
     }
 }

@@ -80,14 +80,8 @@ fn check(confirmation: lapin::Result<Confirmation>) {
     }
 }
 
-/// The baseline: tries several in-flight windows on a sample, then publishes
-/// `n` with the best. Returns (msgs/s, window).
-pub async fn baseline(
-    conn: &Connection,
-    queue: &BenchQueue,
-    n: usize,
-    payload: usize,
-) -> (f64, usize) {
+/// The in-flight window that publishes fastest, tried on a sample.
+pub async fn best_window(conn: &Connection, queue: &BenchQueue, n: usize, payload: usize) -> usize {
     let channel = conn.create_channel().await.unwrap();
     let sample = (n / 5).clamp(5_000, 40_000);
     let mut best = (0.0, 0);
@@ -98,9 +92,22 @@ pub async fn baseline(
             best = (rate, window);
         }
     }
-    let rate = lapin_publish(conn, &queue.name, n, payload, best.1).await;
-    queue.purge(&channel).await;
-    (rate, best.1)
+    best.1
+}
+
+/// The baseline: `n` messages with `window` in flight, then the queue is
+/// emptied again. Run right before the drain it is compared with, so both
+/// meet the broker in the same state.
+pub async fn baseline(
+    conn: &Connection,
+    queue: &BenchQueue,
+    n: usize,
+    payload: usize,
+    window: usize,
+) -> f64 {
+    let rate = lapin_publish(conn, &queue.name, n, payload, window).await;
+    queue.purge(&conn.create_channel().await.unwrap()).await;
+    rate
 }
 
 /// What one drain measured.
