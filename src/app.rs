@@ -91,6 +91,7 @@ impl App {
                 max: self.args.backoff_max,
             },
             on_sent: self.args.on_sent,
+            max_message_size: self.args.max_message_size,
         }
     }
 

@@ -131,6 +131,13 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT: how long to let in-flight batches finish before exiting.
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Largest payload the relay publishes, e.g. 16MiB. A larger row is
+    /// dead-lettered after --max-attempts instead of being sent: the broker
+    /// closes the channel on a message above its own `max_message_size`
+    /// (RabbitMQ 4: 16 MiB, 3.x: 128 MiB), which would fail the whole batch.
+    /// Keep it at or below the broker's limit.
+    #[arg(long, env = "OUTBOX_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
     /// `listen`: keep one extra connection LISTENing for the outbox's wake-up
     /// trigger, so an idle relay claims new rows at once; `off`: poll only.
     /// Either way the relay polls; the trigger itself is enabled with
@@ -406,6 +413,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 7days)"))
 }
 
+/// A byte size: a number with an optional binary unit (KiB, MiB, GiB).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (examples: 65536, 512KiB, 16MiB)"
+            ));
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 512KiB, 16MiB)"))?;
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!(
+            "{s:?} must be between 1 byte and the address space"
+        )),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
@@ -475,5 +509,60 @@ mod tests {
             args.validate(),
             Err(ConfigError::ConfirmOutlivesShutdown { .. })
         ));
+    }
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        for bad in [
+            "",
+            "0",
+            "MiB",
+            "12 parsecs",
+            "-1",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn run_args(argv: &[String]) -> Result<RunArgs, clap::Error> {
+        let mut full = vec!["outbox-relay".to_owned(), "run".to_owned()];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full)?.command {
+            Command::Run(args) => Ok(*args),
+            _ => unreachable!(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Any timing flags parse, and validation accepts exactly the
+        /// combinations whose relations hold.
+        #[test]
+        fn validation_accepts_exactly_the_consistent_timings(
+            poll in 0u64..5_000, confirm in 0u64..60_000, shutdown in 0u64..60_000,
+            base in 0u64..10_000, max in 0u64..10_000, batch in 1usize..20_000,
+        ) {
+            let ms = |v: u64| format!("{v}ms");
+            let argv = [
+                "--poll-interval".to_owned(), ms(poll), "--confirm-timeout".to_owned(), ms(confirm),
+                "--shutdown-timeout".to_owned(), ms(shutdown), "--backoff-base".to_owned(), ms(base),
+                "--backoff-max".to_owned(), ms(max), "--batch-size".to_owned(), batch.to_string(),
+            ];
+            let args = run_args(&argv).expect("well-formed flags parse");
+            let consistent = poll > 0 && confirm > 0 && base > 0 && base <= max
+                && confirm < shutdown && batch <= MAX_BATCH;
+            proptest::prop_assert_eq!(args.validate().is_ok(), consistent);
+        }
+
+        /// Garbage in a duration or size flag is a parse error, never a panic.
+        #[test]
+        fn malformed_values_are_refused_not_panicked_on(value in "\\PC{0,12}") {
+            for flag in ["--poll-interval", "--max-message-size", "--batch-size", "--schema"] {
+                let _ = run_args(&[flag.to_owned(), value.clone()]);
+            }
+        }
     }
 }

@@ -25,6 +25,10 @@ pub enum EncodeError {
     IntegerOutOfRange { key: String, value: String },
     #[error("header {key:?}: nested deeper than {MAX_DEPTH} levels")]
     TooDeep { key: String },
+    #[error(
+        "payload is {len} bytes, above --max-message-size {max} (the broker would close the channel)"
+    )]
+    TooLarge { len: usize, max: usize },
 }
 
 /// A row ready for `basic_publish`.
@@ -37,7 +41,15 @@ pub struct Encoded {
 
 /// Builds exchange, routing key and properties: persistent, `message_id`,
 /// `content_type`, `timestamp` (from `created_at`) and the headers table.
-pub fn encode(row: &OutboxRow) -> Result<Encoded, EncodeError> {
+/// A payload above `max_payload` bytes is refused here: the broker would
+/// answer it by closing the channel, failing every other row of the batch.
+pub fn encode(row: &OutboxRow, max_payload: usize) -> Result<Encoded, EncodeError> {
+    if row.payload.len() > max_payload {
+        return Err(EncodeError::TooLarge {
+            len: row.payload.len(),
+            max: max_payload,
+        });
+    }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_message_id(short("message_id", row.message_id.to_string())?)
@@ -192,6 +204,30 @@ mod tests {
         assert_eq!(inner["n"], AMQPValue::Void);
         assert!(matches!(inner["a"], AMQPValue::FieldArray(_)));
         assert!(matches!(inner["o"], AMQPValue::FieldTable(_)));
+    }
+
+    #[test]
+    fn a_payload_above_the_limit_is_refused_before_publishing() {
+        use crate::outbox::{MessageId, RowId};
+        let row = OutboxRow {
+            id: RowId(1),
+            message_id: MessageId(uuid::Uuid::new_v4()),
+            exchange: String::new(),
+            routing_key: "q".into(),
+            payload: vec![0; 1025],
+            content_type: None,
+            headers: json!({}),
+            attempts: 0,
+            created_epoch: 0,
+        };
+        assert_eq!(
+            encode(&row, 1024).unwrap_err(),
+            EncodeError::TooLarge {
+                len: 1025,
+                max: 1024
+            }
+        );
+        assert!(encode(&row, 1025).is_ok());
     }
 
     #[test]

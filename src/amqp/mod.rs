@@ -17,7 +17,7 @@ pub use publish::{PublishError, Publisher};
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -45,7 +45,7 @@ pub struct Broker {
     url: String,
     connect_timeout: Duration,
     connection: Mutex<Option<Connection>>,
-    known_exchanges: SyncMutex<HashSet<String>>,
+    exchanges: SyncMutex<ExchangeCache>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -61,7 +61,7 @@ impl Broker {
             url,
             connect_timeout,
             connection: Mutex::new(None),
-            known_exchanges: SyncMutex::new(HashSet::new()),
+            exchanges: SyncMutex::new(ExchangeCache::default()),
         }
     }
 
@@ -122,14 +122,11 @@ impl Broker {
     /// throwaway channel: a missing exchange closes that channel, not a
     /// publishing one.
     pub async fn exchange_state(&self, name: &str) -> Result<ExchangeState, BrokerError> {
-        if name.is_empty()
-            || self
-                .known_exchanges
-                .lock()
-                .expect("poisoned")
-                .contains(name)
-        {
+        if name.is_empty() {
             return Ok(ExchangeState::Exists);
+        }
+        if let Some(state) = self.exchanges.lock().expect("poisoned").lookup(name) {
+            return Ok(state);
         }
         let channel = self.open_channel().await?;
         let options = ExchangeDeclareOptions {
@@ -147,23 +144,21 @@ impl Broker {
         )
         .await
         .map_err(|_| BrokerError::Timeout(self.connect_timeout))?;
-        match declared {
+        let state = match declared {
             Ok(()) => {
                 let _ = channel.close(200, "ok".into()).await;
-                self.known_exchanges
-                    .lock()
-                    .expect("poisoned")
-                    .insert(name.to_owned());
-                Ok(ExchangeState::Exists)
+                ExchangeState::Exists
             }
-            Err(e) if is_not_found(&e) => Ok(ExchangeState::Missing),
-            Err(e) => Err(BrokerError::Channel(e)),
-        }
+            Err(e) if is_not_found(&e) => ExchangeState::Missing,
+            Err(e) => return Err(BrokerError::Channel(e)),
+        };
+        self.exchanges.lock().expect("poisoned").record(name, state);
+        Ok(state)
     }
 
     /// Drops the exchange cache (after a channel failure or reconnect).
     pub fn forget_exchanges(&self) {
-        self.known_exchanges.lock().expect("poisoned").clear();
+        *self.exchanges.lock().expect("poisoned") = ExchangeCache::default();
     }
 
     /// Closes the connection, if any (shutdown).
@@ -192,4 +187,42 @@ fn connection_properties() -> ConnectionProperties {
 /// A 404 NOT_FOUND channel exception (passive declare of a missing exchange).
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
+/// How long a missing exchange is believed missing before asking again.
+const MISSING_TTL: Duration = Duration::from_secs(5);
+
+/// What the relay knows of exchanges: existing ones until a channel fails,
+/// missing ones for [`MISSING_TTL`], so rows routed to a missing exchange
+/// fail without a broker round trip in every batch (they would slow the
+/// rows around them), and an exchange declared later is found within seconds.
+#[derive(Debug, Default)]
+struct ExchangeCache {
+    exists: HashSet<String>,
+    missing: HashMap<String, std::time::Instant>,
+}
+
+impl ExchangeCache {
+    fn lookup(&self, name: &str) -> Option<ExchangeState> {
+        if self.exists.contains(name) {
+            return Some(ExchangeState::Exists);
+        }
+        self.missing
+            .get(name)
+            .filter(|since| since.elapsed() < MISSING_TTL)
+            .map(|_| ExchangeState::Missing)
+    }
+
+    fn record(&mut self, name: &str, state: ExchangeState) {
+        match state {
+            ExchangeState::Exists => {
+                self.missing.remove(name);
+                self.exists.insert(name.to_owned());
+            }
+            ExchangeState::Missing => {
+                self.missing
+                    .insert(name.to_owned(), std::time::Instant::now());
+            }
+        }
+    }
 }

@@ -97,6 +97,7 @@ impl Publisher {
                 .collect();
         };
 
+        kill_point!("relay_after_publish");
         let mut results: Vec<Result<(), PublishError>> = Vec::with_capacity(sent.len());
         let mut confirms = FuturesUnordered::new();
         for (index, send) in sent.into_iter().enumerate() {

@@ -38,6 +38,8 @@ pub struct RelaySettings {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub on_sent: OnSent,
+    /// Largest payload published; larger rows fail as unencodable.
+    pub max_message_size: usize,
 }
 
 /// What one step did.
@@ -135,14 +137,17 @@ impl Relay {
             tx.commit().await?;
             return Ok(Outcome::Empty);
         }
+        kill_point!("relay_after_claim");
         let claimed = Instant::now();
         let results = self.publish(&rows).await?;
+        kill_point!("relay_after_confirm");
         let published = Instant::now();
         let (sent, failures) = self.sort_results(&rows, results);
         self.outbox
             .complete(&tx, &sent, self.settings.on_sent)
             .await?;
         self.outbox.record_failures(&tx, &failures).await?;
+        kill_point!("relay_before_commit");
         tx.commit().await?;
         let dead = failures.iter().filter(|f| f.dead).count();
         Ok(Outcome::Relayed(BatchReport {
@@ -184,7 +189,7 @@ impl Relay {
         let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
             results.push(Ok(()));
-            let envelope = match encode(row) {
+            let envelope = match encode(row, self.settings.max_message_size) {
                 Ok(envelope) => envelope,
                 Err(e) => {
                     results[index] = Err(e.into());
