@@ -23,6 +23,16 @@
 //! | `benches/` | the benchmark harness |
 //! | `deploy/` | container image, Kubernetes sidecar manifests, local scripts |
 
+/// A kill point for the fault-injection suite: with the `failpoints` feature
+/// and `FAILPOINTS=<name>=return` the process aborts here, as a crash would;
+/// without the feature it compiles to nothing.
+macro_rules! kill_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| std::process::abort());
+    };
+}
+
 pub mod amqp;
 pub mod app;
 pub mod commands;

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // Kill points of the fault-injection suite, configured by FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(&cli.log) {
         eprintln!("error: {e:#}");

@@ -1,0 +1,198 @@
+//! Bad input: rows the relay cannot publish, and configuration it refuses.
+
+use crate::common::*;
+use crate::ledger::{Produced, Tally};
+use crate::{BIN, RelayChild, Run, SERVICES, WINDOW, WITHIN, report};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A poison row of each kind, and the `last_error` it must end with.
+const POISON: &[(&str, &str)] = &[
+    // 80 KiB, above the 64 KiB --max-message-size of the test relay.
+    (
+        "('', $1, convert_to(repeat('x', 81920), 'UTF8'), '{}')",
+        "above --max-message-size",
+    ),
+    ("('', $1, 'p', '[1, 2]')", "headers must be a JSON object"),
+    (
+        "('', $1, 'p', '{\"n\": 18446744073709551615}')",
+        "does not fit a signed 64-bit",
+    ),
+    ("(repeat('e', 300), $1, 'p', '{}')", "exchange is 300 bytes"),
+    (
+        "('no_such_exchange_anywhere', $1, 'p', '{}')",
+        "does not exist",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_rows_are_dead_lettered_and_the_good_rows_around_them_all_arrive() {
+    let _serial = SERVICES.lock().await;
+    let mut run = Run::start("poison", 1, 0).await;
+    let args = ["--max-attempts", "3", "--max-message-size", "64KiB"];
+    let good = report::scaled(3_000);
+
+    // Good rows with poison rows mixed in (their pace against a clean drain
+    // is a benchmark figure: `cargo bench --bench relay`, scenario poison).
+    let (mixed, poison_ids) = produce_with_poison(&run, good).await;
+    let relay = RelayChild::spawn(&run.env, &args, None);
+    let mixed_ids: Vec<String> = mixed.committed.iter().cloned().collect();
+    wait_sent(&run.env, &mixed_ids).await;
+    assert!(
+        wait_until(WITHIN, || async {
+            let sql = "SELECT count(*) FROM {t} WHERE dead_at IS NOT NULL";
+            run.env.scalar(sql).await == poison_ids.len() as i64
+        })
+        .await,
+        "every poison row dead-lettered"
+    );
+
+    for (id, expected) in &poison_ids {
+        let row = run
+            .env
+            .pg
+            .query_one(
+                &format!("SELECT dead_at IS NOT NULL, attempts, last_error FROM {} WHERE message_id = $1::text::uuid", run.env.table()),
+                &[id],
+            )
+            .await
+            .unwrap();
+        let (dead, attempts, error): (bool, i32, String) = (row.get(0), row.get(1), row.get(2));
+        assert!(
+            dead && attempts == 3,
+            "{id}: dead {dead}, attempts {attempts}"
+        );
+        assert!(
+            error.contains(expected),
+            "{id}: last_error {error:?} lacks {expected:?}"
+        );
+    }
+    run.produced.committed.extend(mixed.committed);
+    run.produced.rolled_back.extend(mixed.rolled_back);
+    run.verify(0, WINDOW).await;
+    relay.terminate();
+}
+
+/// Runs `cmd`, which must exit on its own; a relay that started instead is
+/// killed and the test fails.
+fn refused_within(mut cmd: Command, within: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} started instead of refusing its configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+async fn wait_sent(env: &TestEnv, ids: &[String]) {
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE message_id::text = ANY($1) AND sent_at IS NOT NULL",
+        env.table()
+    );
+    assert!(
+        wait_until(WITHIN, || async {
+            env.pg
+                .query_one(&sql, &[&ids])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == ids.len() as i64
+        })
+        .await,
+        "good rows all sent"
+    );
+}
+
+/// `good` good rows in transactions of ten, with a poison row after every
+/// hundred.
+async fn produce_with_poison(run: &Run, good: usize) -> (Produced, Vec<(String, &'static str)>) {
+    let mut produced = Produced::default();
+    let mut poison = Vec::new();
+    for chunk in 0..good / 100 {
+        let rows = crate::ledger::produce_on(&run.env, 0, 100).await;
+        produced.committed.extend(rows.committed);
+        produced.rolled_back.extend(rows.rolled_back);
+        let (values, expected) = POISON[chunk % POISON.len()];
+        let sql = format!(
+            "INSERT INTO {} (exchange, routing_key, payload, headers) VALUES {values} RETURNING message_id::text",
+            run.env.table()
+        );
+        let id: String = run
+            .env
+            .pg
+            .query_one(&sql, &[&run.env.queue])
+            .await
+            .unwrap()
+            .get(0);
+        poison.push((id, expected));
+    }
+    (produced, poison)
+}
+
+#[tokio::test]
+async fn malformed_configuration_is_refused_and_changes_nothing() {
+    let _serial = SERVICES.lock().await;
+    let started = Instant::now();
+    let env = TestEnv::new("bad_config").await;
+    env.insert_rows(100).await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("OUTBOX_BATCH_SIZE", "lots", "--batch-size"),
+        ("OUTBOX_BATCH_SIZE", "0", "--batch-size"),
+        ("OUTBOX_POLL_INTERVAL", "-5s", "--poll-interval"),
+        ("OUTBOX_ON_SENT", "maybe", "--on-sent"),
+        (
+            "OUTBOX_MAX_MESSAGE_SIZE",
+            "12 parsecs",
+            "--max-message-size",
+        ),
+        ("OUTBOX_AMQP_URL", "http://guest@localhost/", "amqp://"),
+        (
+            "OUTBOX_DATABASE_URL",
+            "mysql://root@localhost/test",
+            "postgres://",
+        ),
+        ("OUTBOX_SCHEMA", "app; DROP TABLE x", "--schema"),
+        ("OUTBOX_CONFIRM_TIMEOUT", "1h", "--shutdown-timeout"),
+    ];
+    for (var, value, says) in cases {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .env("OUTBOX_SCHEMA", &env.schema)
+            .env(var, value);
+        let out = refused_within(cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{var}={value}: {stderr:?} should mention {says}"
+        );
+    }
+    let untouched = env
+        .scalar(
+            "SELECT count(*) FROM {t} WHERE attempts = 0 AND sent_at IS NULL AND dead_at IS NULL",
+        )
+        .await;
+    assert_eq!(untouched, 100, "refused configurations changed nothing");
+    let tally = Tally {
+        messages: 100,
+        lost: 0,
+        phantom: 0,
+        duplicates: 0,
+    };
+    report::record(
+        "bad_configuration",
+        &tally,
+        cases.len(),
+        0,
+        started.elapsed(),
+    );
+    env.drop_schema().await;
+}

@@ -1,0 +1,234 @@
+//! The bookkeeping of a fault scenario: producers that commit (and on
+//! purpose roll back) rows with known message_ids, an independent consumer
+//! with manual acks that survives broker restarts, and the final count of
+//! lost, phantom and duplicate messages.
+
+use crate::common::*;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Rows per producer transaction; every `ROLLBACK_EVERY`-th one rolls back.
+const ROWS_PER_TX: usize = 10;
+const ROLLBACK_EVERY: usize = 7;
+
+/// What the producers did.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub committed: HashSet<String>,
+    pub rolled_back: HashSet<String>,
+}
+
+/// Inserts `per_producer` rows from each of `producers` connections, in
+/// transactions of ten; one transaction in seven rolls back. Each row carries
+/// its producer and sequence number in its headers.
+pub async fn produce(env: &TestEnv, producers: usize, per_producer: usize) -> Produced {
+    let tasks: Vec<_> = (0..producers)
+        .map(|p| tokio::spawn(produce_one(env.table(), env.queue.clone(), p, per_producer)))
+        .collect();
+    let mut all = Produced::default();
+    for task in tasks {
+        let one = task.await.expect("producer panicked");
+        all.committed.extend(one.committed);
+        all.rolled_back.extend(one.rolled_back);
+    }
+    all
+}
+
+/// One producer's rows, for callers that interleave their own inserts.
+pub async fn produce_on(env: &TestEnv, producer: usize, rows: usize) -> Produced {
+    produce_one(env.table(), env.queue.clone(), producer, rows).await
+}
+
+async fn produce_one(table: String, queue: String, producer: usize, rows: usize) -> Produced {
+    let mut pg = pg_client().await;
+    let sql = format!(
+        "INSERT INTO {table} (message_id, routing_key, payload, headers)
+         VALUES ($1::text::uuid, $2, convert_to($3, 'UTF8'), jsonb_build_object('producer', $4::int, 'seq', $5::int))"
+    );
+    let mut out = Produced::default();
+    for (tx_no, chunk) in (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(ROWS_PER_TX)
+        .enumerate()
+    {
+        let tx = pg.transaction().await.expect("begin");
+        let mut ids = Vec::with_capacity(chunk.len());
+        for &seq in chunk {
+            let id = uuid::Uuid::new_v4().to_string();
+            let body = format!("p{producer}-{seq}");
+            tx.execute(
+                &sql,
+                &[&id, &queue, &body, &(producer as i32), &(seq as i32)],
+            )
+            .await
+            .expect("insert");
+            ids.push(id);
+        }
+        if tx_no % ROLLBACK_EVERY == ROLLBACK_EVERY - 1 {
+            tx.rollback().await.expect("rollback");
+            out.rolled_back.extend(ids);
+        } else {
+            tx.commit().await.expect("commit");
+            out.committed.extend(ids);
+        }
+    }
+    out
+}
+
+/// An independent consumer: manual acks, and it reconnects when the broker
+/// goes away. A redelivery of a message it has already seen (an ack lost
+/// with the connection) is the broker's doing, not the relay's, and is not
+/// counted again.
+pub struct Consumer {
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    pub fn start(queue: &str) -> Self {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consume_forever(
+            queue.to_owned(),
+            seen.clone(),
+            stop.clone(),
+        ));
+        Self { seen, stop, task }
+    }
+
+    /// Stops once `ids` have all arrived and the queue is empty, or at the deadline.
+    pub async fn finish(
+        self,
+        queue: &str,
+        ids: &HashSet<String>,
+        within: Duration,
+    ) -> HashMap<String, usize> {
+        let seen = &self.seen;
+        wait_until(within, || async {
+            let all = {
+                let seen = seen.lock().await;
+                ids.iter().all(|id| seen.contains_key(id))
+            };
+            all && queue_depth(queue).await == Some(0)
+        })
+        .await;
+        self.stop.cancel();
+        let _ = self.task.await;
+        let seen = self.seen.lock().await;
+        seen.clone()
+    }
+}
+
+/// Messages ready in `queue`, or None while the broker is unreachable.
+pub async fn queue_depth(queue: &str) -> Option<u32> {
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = conn.create_channel().await.ok()?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .ok()?;
+    let _ = conn.close(200, "done".into()).await;
+    Some(q.message_count())
+}
+
+async fn consume_forever(
+    queue: String,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = consume_session(&queue, &seen) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// One connection's worth of consuming; returns when the connection fails.
+async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
+    let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let _ = channel.basic_qos(500, BasicQosOptions::default()).await;
+    let Ok(mut deliveries) = channel
+        .basic_consume(
+            queue.into(),
+            unique("ledger").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    loop {
+        // A broker that stops does not always end the stream: check the
+        // connection whenever deliveries pause.
+        let next = tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await;
+        let delivery = match next {
+            Ok(Some(Ok(delivery))) => delivery,
+            Ok(_) => return,
+            Err(_) if conn.status().connected() => continue,
+            Err(_) => return,
+        };
+        let id = message_id(&delivery);
+        {
+            let mut seen = seen.lock().await;
+            let count = seen.entry(id).or_insert(0);
+            if !(delivery.redelivered && *count > 0) {
+                *count += 1;
+            }
+        }
+        if delivery.ack(BasicAckOptions::default()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The verdict of one scenario.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    pub messages: usize,
+    pub lost: usize,
+    pub phantom: usize,
+    pub duplicates: usize,
+}
+
+impl Tally {
+    pub fn of(produced: &Produced, seen: &HashMap<String, usize>) -> Self {
+        Self {
+            messages: produced.committed.len(),
+            lost: produced
+                .committed
+                .iter()
+                .filter(|id| !seen.contains_key(*id))
+                .count(),
+            phantom: seen
+                .keys()
+                .filter(|id| !produced.committed.contains(*id))
+                .count(),
+            duplicates: seen.values().map(|n| n.saturating_sub(1)).sum(),
+        }
+    }
+}
