@@ -100,12 +100,17 @@ async fn drains(
     scale_out: bool,
 ) {
     let (n, kind) = (opts.messages, queue.kind.name());
+    let backlog = scenarios::Backlog {
+        rows: n,
+        payload: opts.payload,
+        poison_every: None,
+    };
     let window = scenarios::best_window(conn, queue, n, opts.payload).await;
     for on_sent in ["mark", "delete"] {
         let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
         report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
         let extra = ["--on-sent", on_sent];
-        let d = scenarios::drain(queue, channel, on_sent, n, opts.payload, 1, &extra).await;
+        let d = scenarios::drain(queue, channel, on_sent, backlog, 1, &extra).await;
         report.add(
             Row::new("drain", kind, format!("--on-sent {on_sent}"))
                 .rate(d.rate)
@@ -122,7 +127,7 @@ async fn drains(
         let mut one_relay = 0.0;
         for relays in [1, 2, 4] {
             let label = format!("scale_{relays}");
-            let d = scenarios::drain(queue, channel, &label, n, opts.payload, relays, &[]).await;
+            let d = scenarios::drain(queue, channel, &label, backlog, relays, &[]).await;
             if relays == 1 {
                 one_relay = d.rate;
             }
@@ -133,7 +138,37 @@ async fn drains(
                     .ratio(d.rate / one_relay, min),
             );
         }
+        poison(report, channel, queue, backlog).await;
     }
+}
+
+/// Good rows' pace with 1% poison rows (headers that cannot be encoded,
+/// dead-lettered after 3 attempts) against the same drain without them.
+async fn poison(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    let extra = [
+        "--max-attempts",
+        "3",
+        "--backoff-base",
+        "10ms",
+        "--backoff-max",
+        "50ms",
+    ];
+    let clean = scenarios::drain(queue, channel, "poison_none", backlog, 1, &extra).await;
+    let poisoned = scenarios::Backlog {
+        poison_every: Some(100),
+        ..backlog
+    };
+    let mixed = scenarios::drain(queue, channel, "poison_1pct", poisoned, 1, &extra).await;
+    report.add(
+        Row::new("poison", queue.kind.name(), "1% poison rows vs none".into())
+            .rate(mixed.rate)
+            .ratio(mixed.rate / clean.rate, 0.90),
+    );
 }
 
 /// Steady rates, with and without the wake-up trigger.

@@ -118,26 +118,42 @@ pub struct Drain {
     pub dead_tuples: i64,
 }
 
-/// `relays` relay processes drain `n` pending rows; msgs/s over the wall
+/// How many rows a drain has, and how many of them are poison.
+#[derive(Debug, Clone, Copy)]
+pub struct Backlog {
+    pub rows: usize,
+    pub payload: usize,
+    pub poison_every: Option<usize>,
+}
+
+impl Backlog {
+    fn good(&self) -> usize {
+        self.rows - self.poison_every.map_or(0, |every| self.rows / every)
+    }
+}
+
+/// `relays` relay processes drain the backlog; good msgs/s over the wall
 /// time from their start until no row is pending.
 pub async fn drain(
     queue: &BenchQueue,
     channel: &lapin::Channel,
     label: &str,
-    n: usize,
-    payload: usize,
+    backlog: Backlog,
     relays: usize,
     extra: &[&str],
 ) -> Drain {
     let pg = pg().await;
     let schema = Schema::create(label, false).await;
-    schema.fill(&pg, n, payload, &queue.name).await;
+    let (n, payload) = (backlog.rows, backlog.payload);
+    schema
+        .fill(&pg, n, payload, &queue.name, backlog.poison_every)
+        .await;
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
         .collect();
     schema.wait_drained(&pg, DRAIN_DEADLINE).await;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = backlog.good() as f64 / started.elapsed().as_secs_f64();
     let cost = children[0].cost();
     for child in children {
         child.stop();

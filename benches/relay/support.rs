@@ -124,17 +124,28 @@ impl Schema {
     }
 
     /// `n` pending rows of `payload` bytes routed to `queue` (each with a
-    /// content type and a one-entry header, as the baseline's messages), then VACUUM
+    /// content type and a one-entry header, as the baseline's messages);
+    /// with `poison_every`, every such row instead has headers the relay
+    /// cannot encode (dead-lettered after --max-attempts). Then VACUUM
     /// ANALYZE so the drain starts from a table in its steady shape.
-    pub async fn fill(&self, pg: &tokio_postgres::Client, n: usize, payload: usize, queue: &str) {
+    pub async fn fill(
+        &self,
+        pg: &tokio_postgres::Client,
+        n: usize,
+        payload: usize,
+        queue: &str,
+        poison_every: Option<usize>,
+    ) {
         let sql = format!(
             "INSERT INTO {} (routing_key, payload, content_type, headers)
              SELECT $1, convert_to(repeat('x', $2), 'UTF8'), 'application/octet-stream',
-                    jsonb_build_object('seq', g)
+                    CASE WHEN $4 > 0 AND g % $4 = 0 THEN '[\"poison\"]'::jsonb
+                         ELSE jsonb_build_object('seq', g) END
              FROM generate_series(1, $3) g",
             self.table()
         );
-        pg.execute(&sql, &[&queue, &(payload as i32), &(n as i32)])
+        let every = poison_every.unwrap_or(0) as i32;
+        pg.execute(&sql, &[&queue, &(payload as i32), &(n as i32), &every])
             .await
             .expect("fill the outbox");
         pg.batch_execute(&format!("VACUUM ANALYZE {}", self.table()))
