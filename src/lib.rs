@@ -15,11 +15,11 @@
 //! | [`telemetry`] | tracing subscriber (text or JSON) |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
-//! | [`outbox`] | the table: row types, all SQL, migrations |
+//! | [`outbox`] | the table: row types, all SQL, migrations, LISTEN wake-ups |
 //! | [`relay`] | the loop: claim → publish → await confirms → mark; backoff; dead-lettering; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
-//! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ |
+//! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ; `tests/faults/` counts what faults do |
 //! | `benches/` | the benchmark harness |
 //! | `deploy/` | container image, Kubernetes sidecar manifests, local scripts |
 

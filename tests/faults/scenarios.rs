@@ -104,7 +104,8 @@ async fn a_transaction_holding_low_ids_is_not_skipped_once_it_commits() {
     assert_eq!(low_sent, 0, "uncommitted rows are invisible to the relay");
     tx.commit().await.unwrap();
     run.produced.committed.extend(held);
-    run.verify(0, WINDOW).await;
+    // The held transaction is the fault; it may duplicate nothing.
+    run.verify(1, 0).await;
     relay.terminate();
 }
 
