@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(60);
+/// How long the proxy refuses reconnects in the last cut (a fault duration).
+const REFUSED_FOR: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_broker_connections_mid_stream_the_relay_reconnects_and_every_row_arrives() {
@@ -36,7 +38,8 @@ async fn cut_broker_connections_mid_stream_the_relay_reconnects_and_every_row_ar
         }
         proxy.cut().await;
         if round == 2 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // A broker restart refuses connections for a while.
+            tokio::time::sleep(REFUSED_FOR).await;
             proxy.refuse(false);
         }
     }
@@ -116,7 +119,7 @@ async fn a_relay_started_while_the_broker_is_down_buffers_then_delivers() {
             .scalar("SELECT count(*) FROM {t} WHERE attempts = 0 AND sent_at IS NULL")
             .await
             == 10;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
     assert!(untouched, "rows wait untouched while the broker is down");
     proxy.refuse(false);

@@ -172,7 +172,7 @@ async fn an_unroutable_row_is_retried_then_dead_lettered_and_kept() {
             "dead-lettered within the deadline"
         );
         if relay.relay_batch().await.unwrap() == Outcome::Empty {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
     }
     let row = env

@@ -25,6 +25,9 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const PG_ADDR: &str = "127.0.0.1:5432";
 pub const AMQP_ADDR: &str = "127.0.0.1:5672";
 
+/// How often `wait_until` re-checks its condition.
+pub const POLL_EVERY: Duration = Duration::from_millis(25);
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Logs only when TEST_LOG is set.
@@ -266,7 +269,7 @@ where
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 

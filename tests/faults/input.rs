@@ -74,6 +74,9 @@ async fn poison_rows_are_dead_lettered_and_the_good_rows_around_them_all_arrive(
     relay.terminate();
 }
 
+/// How often a child's exit is checked.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
 /// Runs `cmd`, which must exit on its own; a relay that started instead is
 /// killed and the test fails.
 fn refused_within(mut cmd: Command, within: Duration) -> std::process::Output {
@@ -88,7 +91,7 @@ fn refused_within(mut cmd: Command, within: Duration) -> std::process::Output {
             let _ = child.kill();
             panic!("{cmd:?} started instead of refusing its configuration");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL_EVERY);
     }
     child.wait_with_output().unwrap()
 }

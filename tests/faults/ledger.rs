@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// Pause before the consumer reconnects to a broker that went away.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Rows per producer transaction; every `ROLLBACK_EVERY`-th one rolls back.
 const ROWS_PER_TX: usize = 10;
 const ROLLBACK_EVERY: usize = 7;
@@ -157,7 +159,7 @@ async fn consume_forever(
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(RECONNECT_PAUSE) => {}
         }
     }
 }

@@ -5,6 +5,12 @@ use crate::{BATCH, RelayChild, Run, SERVICES, WINDOW, WITHIN, report};
 use std::process::Command;
 use std::time::Duration;
 
+/// How often the stalled-broker scenario samples the relay's transactions.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// How long the proxy scenario freezes the database connection (a fault
+/// duration, not a wait for anything).
+const DB_STALL: Duration = Duration::from_millis(500);
+
 fn kills() -> usize {
     if report::soak() { 25 } else { 5 }
 }
@@ -215,7 +221,7 @@ async fn a_broker_frozen_past_the_confirm_timeout_holds_no_claim_beyond_the_boun
     while tokio::time::Instant::now() < until {
         let age: f64 = run.env.pg.query_one(&oldest, &[]).await.unwrap().get(0);
         worst = worst.max(age);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
     proxy.resume();
     // The claim bound: the 1 s confirm timeout plus the time to record the
@@ -268,7 +274,7 @@ async fn fault_proxies_on_both_services_delay_reset_and_cut_and_lose_nothing() {
     mq_proxy.cut().await;
     faults += mq_proxy.connections() - before + 1;
     pg_proxy.stall();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(DB_STALL).await;
     pg_proxy.resume();
     faults += 1;
     run.progress(sent, 1).await;
