@@ -1,0 +1,157 @@
+//! Typed configuration values: URLs that keep their passwords out of
+//! `Debug`, `Display` and logs, and the parsers clap uses for durations,
+//! sizes and headers, each with an error that shows a valid example.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A PostgreSQL URL; the password never appears in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(
+                "expected postgres://user[:password]@host[:port]/dbname (key=value strings are not accepted)"
+                    .into(),
+            );
+        }
+        let config = tokio_postgres::Config::from_str(s)
+            .map_err(|e| format!("{e}; expected postgres://user[:password]@host[:port]/dbname"))?;
+        if config.get_hosts().is_empty() {
+            return Err("the URL names no host".into());
+        }
+        Ok(Self { config })
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        let host = match c.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => String::new(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        let password = if c.get_password().is_some() {
+            ":***"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "postgres://{}{password}@{host}:{port}/{}",
+            c.get_user().unwrap_or(""),
+            c.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// An AMQP URL; the password never appears in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    raw: String,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut url = url::Url::parse(s)
+            .map_err(|e| format!("{e}; expected amqp://user:password@host:5672/vhost"))?;
+        if url.scheme() != "amqp" && url.scheme() != "amqps" {
+            return Err(format!(
+                "scheme {:?} is not amqp or amqps; expected amqp://user:password@host:5672/vhost",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        lapin::uri::AMQPUri::from_str(s).map_err(|e| format!("invalid AMQP URL: {e}"))?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(Self {
+            raw: s.to_owned(),
+            redacted: url.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `7days` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 7days)"))
+}
+
+/// A byte size: a number with an optional binary unit (KiB, MiB, GiB).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (examples: 65536, 512KiB, 16MiB)"
+            ));
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 512KiB, 16MiB)"))?;
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!(
+            "{s:?} must be between 1 byte and the address space"
+        )),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not name=value")),
+    }
+}
