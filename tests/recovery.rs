@@ -81,10 +81,13 @@ async fn terminated_database_backends_are_replaced_and_every_row_arrives() {
             wait_until(WITHIN, || async { env.count_sent().await > before }).await,
             "progress before kill {round}"
         );
-        let killed = env
-            .scalar(&format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app_name}'"))
-            .await;
-        assert!(killed > 0, "the relay's sessions were found and terminated");
+        // The relay may still be reconnecting from the previous round:
+        // terminate as soon as it has sessions again.
+        let terminate = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app_name}'"
+        );
+        let killed = wait_until(WITHIN, || async { env.scalar(&terminate).await > 0 }).await;
+        assert!(killed, "the relay's sessions were found and terminated");
     }
     assert!(
         wait_until(WITHIN, || async { env.count_sent().await == 3000 }).await,
