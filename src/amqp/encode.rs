@@ -4,10 +4,11 @@
 //! frame is sent, so a malformed row fails alone (invariant 8) instead of
 //! closing the channel under its whole batch.
 
-use crate::outbox::OutboxRow;
+use crate::outbox::{NewMessage, OutboxRow};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::Value;
+use uuid::Uuid;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -44,23 +45,70 @@ pub struct Encoded {
 /// A payload above `max_payload` bytes is refused here: the broker would
 /// answer it by closing the channel, failing every other row of the batch.
 pub fn encode(row: &OutboxRow, max_payload: usize) -> Result<Encoded, EncodeError> {
-    if row.payload.len() > max_payload {
+    let draft = Draft {
+        message_id: row.message_id.0,
+        exchange: &row.exchange,
+        routing_key: &row.routing_key,
+        content_type: row.content_type.as_deref(),
+        created_epoch: row.created_epoch,
+        payload_len: row.payload.len(),
+    };
+    envelope(&draft, headers_table(&row.headers)?, max_payload)
+}
+
+/// Encodes a message that is about to be stored or published directly (the
+/// gRPC ingress): the same rules as for a claimed row, so a message the relay
+/// could never publish is refused at the door instead of dead-lettered later.
+pub fn encode_new(
+    message: &NewMessage,
+    message_id: Uuid,
+    created_epoch: i64,
+    max_payload: usize,
+) -> Result<Encoded, EncodeError> {
+    let draft = Draft {
+        message_id,
+        exchange: &message.exchange,
+        routing_key: &message.routing_key,
+        content_type: message.content_type.as_deref(),
+        created_epoch,
+        payload_len: message.payload.len(),
+    };
+    envelope(&draft, object_table(&message.headers, "", 0)?, max_payload)
+}
+
+/// Everything of a message but its payload and headers, borrowed.
+struct Draft<'a> {
+    message_id: Uuid,
+    exchange: &'a str,
+    routing_key: &'a str,
+    content_type: Option<&'a str>,
+    created_epoch: i64,
+    payload_len: usize,
+}
+
+fn envelope(
+    draft: &Draft<'_>,
+    headers: FieldTable,
+    max_payload: usize,
+) -> Result<Encoded, EncodeError> {
+    if draft.payload_len > max_payload {
         return Err(EncodeError::TooLarge {
-            len: row.payload.len(),
+            len: draft.payload_len,
             max: max_payload,
         });
     }
+    let message_id = draft.message_id.hyphenated().to_string();
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_message_id(short("message_id", row.message_id.to_string())?)
-        .with_timestamp(u64::try_from(row.created_epoch).unwrap_or(0))
-        .with_headers(headers_table(&row.headers)?);
-    if let Some(content_type) = &row.content_type {
-        properties = properties.with_content_type(short("content_type", content_type.clone())?);
+        .with_message_id(short("message_id", message_id)?)
+        .with_timestamp(u64::try_from(draft.created_epoch).unwrap_or(0))
+        .with_headers(headers);
+    if let Some(content_type) = draft.content_type {
+        properties = properties.with_content_type(short("content_type", content_type.to_owned())?);
     }
     Ok(Encoded {
-        exchange: short("exchange", row.exchange.clone())?,
-        routing_key: short("routing_key", row.routing_key.clone())?,
+        exchange: short("exchange", draft.exchange.to_owned())?,
+        routing_key: short("routing_key", draft.routing_key.to_owned())?,
         properties,
     })
 }

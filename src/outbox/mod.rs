@@ -205,7 +205,7 @@ impl Outbox {
         message: &NewMessage,
     ) -> Result<Inserted, StoreError> {
         let stmt = client.prepare_cached(&self.sql.insert).await?;
-        let headers = serde_json::Value::Object(message.headers.clone());
+        let headers = tokio_postgres::types::Json(&message.headers);
         let delay_ms = message.delay.as_secs_f64() * 1000.0;
         let row = client
             .query_opt(
