@@ -8,9 +8,12 @@
 
 use crate::amqp::Broker;
 use crate::config::{RunArgs, Wakeup};
+use crate::grpc::Ingress;
+use crate::grpc::sink::SinkOptions;
 use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool, run_listener};
 use crate::relay::{Backoff, Relay, RelaySettings, WorkerOptions, run_purger, run_worker};
 use anyhow::Context;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -22,6 +25,10 @@ const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time the database allows a claiming session to sit idle in a
 /// transaction beyond the relay's own step bound before killing it.
 const IDLE_TX_MARGIN: Duration = Duration::from_secs(5);
+/// Database connections of the gRPC ingress, apart from the workers' own so
+/// that neither can starve the other; several let concurrent calls commit
+/// together.
+const INGRESS_CONNECTIONS: usize = 8;
 
 /// A configured relay, connected to its database, ready to run.
 pub struct App {
@@ -29,6 +36,7 @@ pub struct App {
     outbox: Outbox,
     broker: Arc<Broker>,
     wake: Arc<Notify>,
+    ingress: Option<Ingress>,
 }
 
 impl App {
@@ -55,12 +63,38 @@ impl App {
             args.amqp.amqp_url.expose().to_owned(),
             SERVICE_TIMEOUT,
         ));
+        let ingress_pool = connect_pool(
+            relay_pg_config(&args),
+            PoolOptions {
+                max_size: INGRESS_CONNECTIONS,
+                timeout: SERVICE_TIMEOUT,
+            },
+        )
+        .context("building the ingress's database pool")?;
+        let sink = SinkOptions {
+            mode: args.grpc.ingress_mode,
+            confirm_timeout: args.confirm_timeout,
+            max_message_size: args.max_message_size,
+        };
+        let ingress = Ingress::build(
+            &args.grpc,
+            Outbox::new(ingress_pool, args.db.schema.clone()),
+            broker.clone(),
+            sink,
+        )
+        .await?;
         Ok(Self {
             args,
             outbox,
             broker,
             wake: Arc::new(Notify::new()),
+            ingress,
         })
+    }
+
+    /// Where the gRPC ingress listens (`None` with `--grpc-addr none`).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.ingress.as_ref().map(Ingress::local_addr)
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -97,8 +131,17 @@ impl App {
 
     /// Runs the workers (and the retention purger) until `stop` fires, then
     /// drains what is in flight within the shutdown timeout.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        if let Some(ingress) = self.ingress.take() {
+            let helpers = tracker.clone();
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                if let Err(e) = ingress.serve(&helpers, stop).await {
+                    tracing::error!(error = format!("{e:#}"), "gRPC ingress stopped");
+                }
+            });
+        }
         let options = WorkerOptions {
             poll_interval: self.args.poll_interval,
             step_timeout: step_timeout(&self.args),

@@ -37,7 +37,9 @@ pub mod amqp;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod grpc;
 pub mod outbox;
+pub mod proto;
 pub mod relay;
 pub mod telemetry;
 

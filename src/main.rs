@@ -1,5 +1,6 @@
 //! The `outbox-relay` binary: parse, start logging, dispatch, map errors to
-//! exit codes (0 success, 1 runtime failure, 2 invalid configuration).
+//! exit codes (0 success, 1 runtime failure, 2 invalid configuration,
+//! including proto services the gRPC ingress cannot serve).
 
 use clap::Parser;
 use outbox_relay::config::{Cli, Command};
@@ -27,9 +28,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "outbox-relay failed");
-            if e.downcast_ref::<outbox_relay::config::ConfigError>()
+            let invalid_config = e
+                .downcast_ref::<outbox_relay::config::ConfigError>()
                 .is_some()
-            {
+                || e.downcast_ref::<outbox_relay::grpc::TopologyError>()
+                    .is_some();
+            if invalid_config {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -17,6 +17,8 @@ fn relay(args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Tests run relays side by side: each takes a free port for gRPC.
+    cmd.env("OUTBOX_GRPC_ADDR", "127.0.0.1:0");
     cmd
 }
 

@@ -206,6 +206,7 @@ impl RelayProcess {
     pub fn spawn(schema: &Schema, extra: &[&str]) -> Self {
         let child = Command::new(RELAY)
             .args(["run", "--schema", &schema.name, "--log-level", "warn"])
+            .args(["--grpc-addr", "none"])
             .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()])
             .args(extra)
             .stdin(Stdio::null())

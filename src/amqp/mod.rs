@@ -8,10 +8,11 @@
 //! - publishes are `mandatory` and persistent, and a returned message is a
 //!   failure even though RabbitMQ acks it (invariant 2, see [`publish`]).
 
+pub mod declare;
 mod encode;
 pub mod publish;
 
-pub use encode::{EncodeError, Encoded, encode, headers_table, table_to_json};
+pub use encode::{EncodeError, Encoded, encode, encode_new, headers_table, table_to_json};
 pub use publish::{PublishError, Publisher};
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};

@@ -6,9 +6,11 @@
 //! the relations between values. URLs keep their passwords out of `Debug` and
 //! logs.
 
+mod grpc;
 mod values;
 
-pub use values::{AmqpUrl, DatabaseUrl, parse_duration, parse_size};
+pub use grpc::{DEFAULT_GRPC_ADDR, GrpcArgs, GrpcListen, IngressMode, ReflectionUrl};
+pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
 
 use crate::outbox::{Identifier, OnSent, RowKey};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -147,6 +149,8 @@ pub struct RunArgs {
     /// `outbox-relay migrate --wakeup-trigger enable`.
     #[arg(long, env = "OUTBOX_WAKEUP", value_enum, default_value_t = Wakeup::Listen)]
     pub wakeup: Wakeup,
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }
 
 /// How an idle relay learns about new rows.
@@ -265,7 +269,14 @@ pub enum ConfigError {
     BatchTooLarge(usize),
     #[error("--{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    #[error("--o5-exchange must be 1 to 255 bytes, not {0}")]
+    O5Exchange(usize),
+    #[error("--grpc-max-request-size {0} is below the minimum of {MIN_GRPC_REQUEST} bytes")]
+    GrpcRequestTooSmall(usize),
 }
+
+/// Smallest `--grpc-max-request-size`: room for a message's envelope.
+pub const MIN_GRPC_REQUEST: usize = 1024;
 
 pub const MAX_BATCH: usize = 10_000;
 
@@ -289,6 +300,15 @@ impl RunArgs {
                 base: self.backoff_base,
                 max: self.backoff_max,
             });
+        }
+        let o5 = self.grpc.o5_exchange.len();
+        if o5 == 0 || o5 > 255 {
+            return Err(ConfigError::O5Exchange(o5));
+        }
+        if self.grpc.grpc_max_request_size < MIN_GRPC_REQUEST {
+            return Err(ConfigError::GrpcRequestTooSmall(
+                self.grpc.grpc_max_request_size,
+            ));
         }
         if self.confirm_timeout >= self.shutdown_timeout {
             return Err(ConfigError::ConfirmOutlivesShutdown {

@@ -88,6 +88,11 @@ impl TestEnv {
         }
     }
 
+    /// A new channel on this test's connection (for calls that may close it).
+    pub async fn fresh_channel(&self) -> Channel {
+        self._amqp.create_channel().await.expect("open a channel")
+    }
+
     pub fn table(&self) -> String {
         format!("\"{}\".outbox", self.schema)
     }
@@ -113,6 +118,8 @@ impl TestEnv {
             "20ms",
             "--backoff-max",
             "100ms",
+            "--grpc-addr",
+            "127.0.0.1:0",
         ];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).expect("run args").command {
@@ -276,15 +283,23 @@ where
 /// A relay running in this process.
 pub struct Running {
     pub stop: CancellationToken,
+    /// The gRPC ingress's address, when it listens.
+    pub grpc: Option<std::net::SocketAddr>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
     pub async fn start(args: RunArgs) -> Self {
         let app = App::build(args).await.expect("app builds");
+        let grpc = app.grpc_addr();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-        Self { stop, handle }
+        Self { stop, grpc, handle }
+    }
+
+    /// `http://<grpc address>`, for a tonic client.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc.expect("the gRPC ingress listens"))
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {

@@ -1,0 +1,76 @@
+//! `outbox.v1.Publisher`: the generic publisher, for senders that name the
+//! exchange and routing key themselves.
+
+use super::sink::Sink;
+use super::status::{IngressError, caller_timeout, within_deadline};
+use crate::outbox::NewMessage;
+use crate::proto::outbox::v1::publisher_server::Publisher;
+use crate::proto::outbox::v1::{PublishBatchRequest, PublishRequest};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+pub struct PublisherService {
+    sink: Arc<Sink>,
+}
+
+impl PublisherService {
+    pub fn new(sink: Arc<Sink>) -> Self {
+        Self { sink }
+    }
+}
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<()>, Status> {
+        let timeout = caller_timeout(request.metadata().as_ref());
+        let message = to_new_message(request.into_inner())?;
+        within_deadline(timeout, self.sink.accept(vec![message])).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<()>, Status> {
+        let timeout = caller_timeout(request.metadata().as_ref());
+        let messages = request
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(to_new_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        within_deadline(timeout, self.sink.accept(messages)).await?;
+        Ok(Response::new(()))
+    }
+}
+
+fn to_new_message(request: PublishRequest) -> Result<NewMessage, IngressError> {
+    let message_id = match request.message_id.as_str() {
+        "" => None,
+        id => Some(uuid::Uuid::parse_str(id).map_err(|_| IngressError::MessageId(id.to_owned()))?),
+    };
+    let delay = match request.delay {
+        None => Duration::ZERO,
+        Some(d) => Duration::try_from(d).map_err(|_| IngressError::NegativeDelay)?,
+    };
+    if request.exchange.is_empty() && request.routing_key.is_empty() {
+        return Err(IngressError::Missing {
+            field: "routing_key (the queue name, with the default exchange)".to_owned(),
+        });
+    }
+    Ok(NewMessage {
+        message_id,
+        exchange: request.exchange,
+        routing_key: request.routing_key,
+        payload: request.payload,
+        content_type: (!request.content_type.is_empty()).then_some(request.content_type),
+        headers: request
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+        delay,
+    })
+}

@@ -1,0 +1,147 @@
+//! Where accepted messages go, and the moment a call may answer OK.
+//!
+//! Invariants owned here:
+//! - every message is checked with the relay's own encoding rules before it
+//!   is stored, so the door refuses what the relay could never publish;
+//! - outbox mode answers only after the insert (all of a batch, in one
+//!   transaction) has committed; a broker outage does not fail the call;
+//! - direct mode answers only after the broker acked every message (a
+//!   returned, nacked or unconfirmed message fails the call); messages with a
+//!   delay go through the outbox in either mode, since only it can delay;
+//! - a repeated message_id is stored once (outbox mode).
+
+use super::status::IngressError;
+use crate::amqp::publish::Outgoing;
+use crate::amqp::{Broker, ExchangeState, Publisher, encode_new};
+use crate::config::IngressMode;
+use crate::outbox::{NewMessage, Outbox, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// Stores what the ingress accepts.
+pub struct Sink {
+    mode: IngressMode,
+    outbox: Outbox,
+    broker: Arc<Broker>,
+    /// Direct mode's confirm channel, shared by all calls and replaced when
+    /// it breaks.
+    publisher: Mutex<Option<Arc<Publisher>>>,
+    confirm_timeout: Duration,
+    max_message_size: usize,
+}
+
+/// The sink's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkOptions {
+    pub mode: IngressMode,
+    pub confirm_timeout: Duration,
+    pub max_message_size: usize,
+}
+
+impl Sink {
+    pub fn new(outbox: Outbox, broker: Arc<Broker>, options: SinkOptions) -> Self {
+        Self {
+            mode: options.mode,
+            outbox,
+            broker,
+            publisher: Mutex::new(None),
+            confirm_timeout: options.confirm_timeout,
+            max_message_size: options.max_message_size,
+        }
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stores `messages`, all or none; returns once they are safe.
+    pub async fn accept(&self, mut messages: Vec<NewMessage>) -> Result<(), IngressError> {
+        if messages.is_empty() {
+            return Err(IngressError::EmptyBatch);
+        }
+        for message in &mut messages {
+            // Fixing the id here keeps it stable across the check and the
+            // store, and lets direct mode publish what outbox mode would.
+            let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
+            encode_new(message, id, 0, self.max_message_size)?;
+        }
+        let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
+        if direct {
+            self.publish(&messages).await
+        } else {
+            self.store(&messages).await
+        }
+    }
+
+    /// Outbox mode: one transaction for the call; committed before OK.
+    async fn store(&self, messages: &[NewMessage]) -> Result<(), IngressError> {
+        if let [message] = messages {
+            self.outbox.insert(message).await?;
+            return Ok(());
+        }
+        let mut client = self.outbox.pool().get().await.map_err(StoreError::from)?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        // The inserts are pipelined on the connection, not awaited one by one.
+        let inserts = messages.iter().map(|m| self.outbox.insert_with(&tx, m));
+        for inserted in futures::future::join_all(inserts).await {
+            inserted?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Direct mode: publish with confirms, OK only on every ack.
+    async fn publish(&self, messages: &[NewMessage]) -> Result<(), IngressError> {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            let state = self.broker.exchange_state(&message.exchange).await?;
+            if state == ExchangeState::Missing {
+                return Err(IngressError::ExchangeMissing(message.exchange.clone()));
+            }
+            let id = message.message_id.unwrap_or_default();
+            batch.push(Outgoing {
+                payload: &message.payload,
+                envelope: encode_new(message, id, created, self.max_message_size)?,
+            });
+        }
+        let publisher = self.publisher().await?;
+        let results = publisher.publish_batch(batch, self.confirm_timeout).await;
+        let mut first_error = None;
+        for result in results {
+            if let Err(e) = result {
+                if e.breaks_channel() {
+                    self.drop_publisher(&publisher).await;
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e.into()),
+        }
+    }
+
+    async fn publisher(&self) -> Result<Arc<Publisher>, IngressError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(publisher) = slot.as_ref().filter(|p| p.is_usable()) {
+            return Ok(publisher.clone());
+        }
+        let publisher = Arc::new(self.broker.publisher().await?);
+        *slot = Some(publisher.clone());
+        Ok(publisher)
+    }
+
+    /// Forgets `broken` unless another call has already replaced it.
+    async fn drop_publisher(&self, broken: &Arc<Publisher>) {
+        let mut slot = self.publisher.lock().await;
+        if slot.as_ref().is_some_and(|p| Arc::ptr_eq(p, broken)) {
+            *slot = None;
+            self.broker.forget_exchanges();
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The gRPC ingress against the real PostgreSQL and RabbitMQ, with real
+//! tonic clients generated from the contract and from test protos (one
+//! broadcast, one unicast and one reply service): what arrives, byte for
+//! byte, and which status each failure gets.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod o5;
+mod publisher;
+mod server;
+mod topics;
+
+use common::*;
+use lapin::types::AMQPValue;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Client code for the test protos (`tests/proto/test/v1/topics.proto`).
+pub mod test_v1 {
+    tonic::include_proto!("test.v1");
+}
+
+pub const TEST_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/test_descriptors.bin");
+pub const BAD_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/bad_descriptors.bin");
+pub const WITHIN: Duration = Duration::from_secs(20);
+pub const LINGER: Duration = Duration::from_millis(300);
+
+/// A relay with its gRPC ingress on a free port, for `env`'s schema.
+pub async fn sidecar(env: &TestEnv, extra: &[&str]) -> Running {
+    Running::start(env.run_args(extra)).await
+}
+
+pub async fn channel(relay: &Running) -> Channel {
+    Channel::from_shared(relay.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the gRPC ingress")
+}
+
+/// A header of a delivery, as a string.
+pub fn header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    let headers = d.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+pub fn content_type(d: &lapin::message::Delivery) -> Option<String> {
+    d.properties.content_type().as_ref().map(|c| c.to_string())
+}
+
+/// Rows in `env`'s outbox table.
+pub async fn rows(env: &TestEnv) -> i64 {
+    env.scalar("SELECT count(*) FROM {t}").await
+}
+
+/// A tonic client that sends raw bytes to any path and expects
+/// `google.protobuf.Empty`: for garbage, unknown methods and size limits.
+pub mod raw {
+    use bytes::{Buf, BufMut, Bytes};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::transport::Channel;
+    use tonic::{Request, Status};
+
+    pub async fn call(channel: Channel, path: &str, request: Request<Bytes>) -> Result<(), Status> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = path.parse().expect("a request path");
+        grpc.unary(request, path, RawClientCodec).await.map(|_| ())
+    }
+
+    #[derive(Debug, Clone, Copy, Default)]
+    struct RawClientCodec;
+
+    impl Codec for RawClientCodec {
+        type Encode = Bytes;
+        type Decode = ();
+        type Encoder = RawClientCodec;
+        type Decoder = RawClientCodec;
+        fn encoder(&mut self) -> Self {
+            RawClientCodec
+        }
+        fn decoder(&mut self) -> Self {
+            RawClientCodec
+        }
+    }
+
+    impl Encoder for RawClientCodec {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put(item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawClientCodec {
+        type Item = ();
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+            src.advance(src.remaining());
+            Ok(Some(()))
+        }
+    }
+}

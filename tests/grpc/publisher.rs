@@ -1,0 +1,315 @@
+//! `outbox.v1.Publisher`: stored before OK, delivered intact, idempotent,
+//! delayed, refused with the right code, and both durability modes.
+
+use super::*;
+use common::proxy::FaultProxy;
+use outbox_relay::proto::outbox::v1::publisher_client::PublisherClient;
+use outbox_relay::proto::outbox::v1::{PublishBatchRequest, PublishRequest};
+use tonic::Code;
+
+fn to_queue(env: &TestEnv, payload: &[u8]) -> PublishRequest {
+    PublishRequest {
+        routing_key: env.queue.clone(),
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_published_message_arrives_with_payload_headers_and_message_id_intact() {
+    let env = TestEnv::new("grpc_publish").await;
+    let relay = sidecar(&env, &[]).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let id = uuid::Uuid::new_v4().to_string();
+    let request = PublishRequest {
+        content_type: "application/json".into(),
+        headers: [("tenant".to_owned(), "acme".to_owned())].into(),
+        message_id: id.clone(),
+        ..to_queue(&env, br#"{"order":7}"#)
+    };
+    client.publish(request).await.expect("published");
+    // OK means stored: the row is there before anything is consumed.
+    assert_eq!(rows(&env).await, 1);
+
+    let got = env.consume(1, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 1);
+    let d = &got[0];
+    assert_eq!(d.data, br#"{"order":7}"#);
+    assert_eq!(common::message_id(d), id);
+    assert_eq!(content_type(d).as_deref(), Some("application/json"));
+    assert_eq!(header(d, "tenant").as_deref(), Some("acme"));
+    assert_eq!(*d.properties.delivery_mode(), Some(2), "persistent");
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_stored_whole_or_not_at_all() {
+    let env = TestEnv::new("grpc_batch").await;
+    let relay = sidecar(&env, &[]).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let bad = PublishRequest {
+        exchange: "x".repeat(300),
+        ..to_queue(&env, b"never")
+    };
+    let refused = client
+        .publish_batch(PublishBatchRequest {
+            messages: vec![to_queue(&env, b"a"), bad, to_queue(&env, b"b")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("exchange"), "{refused:?}");
+    assert_eq!(rows(&env).await, 0, "nothing of a refused batch is stored");
+
+    let messages = (0..50)
+        .map(|i| to_queue(&env, format!("m{i}").as_bytes()))
+        .collect();
+    client
+        .publish_batch(PublishBatchRequest { messages })
+        .await
+        .expect("batch stored");
+    assert_eq!(rows(&env).await, 50);
+    let got = env.consume(50, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 50);
+    assert_eq!(tally(&got).len(), 50, "fifty distinct message_ids");
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn the_same_message_id_twice_is_stored_once_and_arrives_once() {
+    let env = TestEnv::new("grpc_idem").await;
+    let relay = sidecar(&env, &[]).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let request = PublishRequest {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        ..to_queue(&env, b"once")
+    };
+    client.publish(request.clone()).await.expect("first");
+    client
+        .publish(request.clone())
+        .await
+        .expect("a retry is OK too");
+    client
+        .publish_batch(PublishBatchRequest {
+            messages: vec![request.clone()],
+        })
+        .await
+        .expect("and in a batch");
+    assert_eq!(rows(&env).await, 1);
+    let got = env.consume(1, WITHIN, Duration::from_millis(800)).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 1, "arrives once");
+    assert_eq!(common::message_id(&got[0]), request.message_id);
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_delayed_message_is_not_published_before_its_delay() {
+    let env = TestEnv::new("grpc_delay").await;
+    let relay = sidecar(&env, &[]).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let sent = std::time::Instant::now();
+    client
+        .publish(PublishRequest {
+            delay: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+            ..to_queue(&env, b"later")
+        })
+        .await
+        .expect("published");
+    let scheduled = env
+        .scalar("SELECT (extract(epoch FROM available_at - created_at) * 1000)::bigint FROM {t}")
+        .await;
+    assert!(
+        (1450..=1600).contains(&scheduled),
+        "available {scheduled} ms after creation"
+    );
+    let got = env.consume(1, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "arrived after {:?}",
+        sent.elapsed()
+    );
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_their_code_and_store_nothing() {
+    let env = TestEnv::new("grpc_bad").await;
+    let relay = sidecar(
+        &env,
+        &[
+            "--max-message-size",
+            "2KiB",
+            "--grpc-max-request-size",
+            "16KiB",
+        ],
+    )
+    .await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let ok = to_queue(&env, b"x");
+    let cases = [
+        (
+            PublishRequest {
+                message_id: "order-42".into(),
+                ..ok.clone()
+            },
+            Code::InvalidArgument,
+            "UUID",
+        ),
+        (
+            PublishRequest {
+                routing_key: "k".repeat(256),
+                ..ok.clone()
+            },
+            Code::InvalidArgument,
+            "routing_key",
+        ),
+        (
+            PublishRequest {
+                routing_key: String::new(),
+                ..ok.clone()
+            },
+            Code::InvalidArgument,
+            "routing_key",
+        ),
+        (
+            PublishRequest {
+                headers: [("h".repeat(300), "v".into())].into(),
+                ..ok.clone()
+            },
+            Code::InvalidArgument,
+            "header name",
+        ),
+        (
+            PublishRequest {
+                delay: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                }),
+                ..ok.clone()
+            },
+            Code::InvalidArgument,
+            "negative",
+        ),
+        (
+            PublishRequest {
+                payload: vec![0; 4096],
+                ..ok.clone()
+            },
+            Code::ResourceExhausted,
+            "max-message-size",
+        ),
+        (
+            PublishRequest {
+                payload: vec![0; 32 << 10],
+                ..ok.clone()
+            },
+            Code::ResourceExhausted,
+            "",
+        ),
+    ];
+    for (request, code, says) in cases {
+        let e = client.publish(request).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(says), "{e:?} should mention {says}");
+    }
+    let e = client
+        .publish_batch(PublishBatchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(rows(&env).await, 0);
+    // The server is unharmed: a good message still goes through.
+    client
+        .publish(ok)
+        .await
+        .expect("a good message after the bad ones");
+    assert_eq!(env.consume(1, WITHIN, LINGER).await.len(), 1);
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_gets_deadline_exceeded() {
+    let env = TestEnv::new("grpc_deadline").await;
+    let db = FaultProxy::start(PG_ADDR.parse().unwrap()).await;
+    let pg = format!("postgres://root@{}/test", db.addr);
+    let relay = Running::start(env.run_args_with(&pg, AMQP_URL, &[])).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    db.stall();
+    let mut request = tonic::Request::new(to_queue(&env, b"slow"));
+    request.set_timeout(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let e = client.publish(request).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    db.resume();
+    // Once the database answers, the same call succeeds.
+    client
+        .publish(to_queue(&env, b"fast"))
+        .await
+        .expect("published");
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn direct_mode_answers_after_the_ack_and_refuses_what_the_broker_would_not_take() {
+    let env = TestEnv::new("grpc_direct").await;
+    let broker = FaultProxy::start(AMQP_ADDR.parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    let relay =
+        Running::start(env.run_args_with(PG_URL, &amqp, &["--ingress-mode", "direct"])).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+
+    client
+        .publish(to_queue(&env, b"direct"))
+        .await
+        .expect("acked");
+    assert_eq!(rows(&env).await, 0, "direct mode does not use the table");
+    let got = env.consume(1, WITHIN, LINGER).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, b"direct");
+
+    let unroutable = PublishRequest {
+        routing_key: unique("no_such_queue"),
+        ..to_queue(&env, b"lost?")
+    };
+    let e = client.publish(unroutable).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let missing = PublishRequest {
+        exchange: unique("no_such_exchange"),
+        ..to_queue(&env, b"lost?")
+    };
+    let e = client.publish(missing).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    broker.refuse(true);
+    broker.reset().await;
+    let e = client.publish(to_queue(&env, b"down")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    broker.refuse(false);
+    let back = wait_until(WITHIN, || {
+        let mut client = client.clone();
+        let request = to_queue(&env, b"back");
+        async move { client.publish(request).await.is_ok() }
+    })
+    .await;
+    assert!(back, "direct mode recovers when the broker is back");
+    let got = env.consume(1, WITHIN, LINGER).await;
+    assert_eq!(got.iter().filter(|d| d.data == b"back").count(), 1);
+    assert_eq!(rows(&env).await, 0);
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
