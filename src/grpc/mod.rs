@@ -13,9 +13,9 @@
 //! [`sink`]. Every failure maps to a status code in one place, [`status`].
 
 mod auth;
+mod codes;
 pub mod descriptors;
 mod health;
-mod limit;
 pub mod o5;
 mod publisher;
 pub mod raw;
@@ -144,7 +144,7 @@ impl Ingress {
         }
         server
             .layer(auth::TokenLayer::new(token))
-            .layer(limit::OversizeLayer::new(self.args.grpc_max_request_size))
+            .layer(codes::CodesLayer::new(self.args.grpc_max_request_size))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),

@@ -1,10 +1,16 @@
-//! Bad input: rows the relay cannot publish, and configuration it refuses.
+//! Bad input at every door: rows the relay cannot publish, configuration it
+//! refuses, and garbage and oversized requests on the gRPC port.
 
 use crate::common::*;
 use crate::ledger::{Produced, Tally};
 use crate::{BIN, RelayChild, Run, SERVICES, WITHIN, report};
+use bytes::Bytes;
+use outbox_relay::proto::outbox::v1::PublishRequest;
+use outbox_relay::proto::outbox::v1::publisher_client::PublisherClient;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
 
 /// A poison row of each kind, and the `last_error` it must end with.
 const POISON: &[(&str, &str)] = &[
@@ -200,4 +206,115 @@ async fn malformed_configuration_is_refused_and_changes_nothing() {
         started.elapsed(),
     );
     env.drop_schema().await;
+}
+
+/// Largest gRPC request the relay of the gRPC scenario accepts.
+const GRPC_LIMIT: usize = 64 << 10;
+
+/// The gRPC door: while the relay drains the ledger's rows and takes good
+/// calls, its port gets garbage, oversized requests, bytes that decode as
+/// nothing, invalid messages and unknown paths. Each gets its clear answer,
+/// the process stays up, nothing refused is stored or published, and
+/// nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_requests_on_the_grpc_port_lose_nothing() {
+    let _serial = SERVICES.lock().await;
+    let mut run = Run::start("grpc_bad_input", 2, 1_000).await;
+    let addr = free_local_addr();
+    let limit = format!("{GRPC_LIMIT}");
+    let args = [
+        "--grpc-addr",
+        &addr.to_string(),
+        "--grpc-max-request-size",
+        &limit,
+    ];
+    let mut relay = RelayChild::spawn(&run.env, &args, None);
+    let channel = connect_grpc(addr).await;
+    let mut client = PublisherClient::new(channel.clone());
+    let message = |id: &str, payload: Vec<u8>| PublishRequest {
+        routing_key: run.env.queue.clone(),
+        payload,
+        message_id: id.to_owned(),
+        ..Default::default()
+    };
+
+    let mut faults = 0;
+    let mut refused = Vec::new();
+    for round in 0..report::scaled(5) {
+        for i in 0..20 {
+            let id = uuid::Uuid::new_v4().to_string();
+            let body = format!("grpc-{round}-{i}").into_bytes();
+            client
+                .publish(message(&id, body))
+                .await
+                .expect("a good call is stored");
+            run.produced.committed.insert(id);
+        }
+        for bytes in grpc::garbage() {
+            assert!(
+                grpc::closes_garbage(addr, &bytes, WITHIN).await,
+                "the relay closes a garbage connection"
+            );
+            faults += 1;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let e = client
+            .publish(message(&id, vec![7; GRPC_LIMIT + 1]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "oversized: {e:?}");
+        assert!(e.message().contains("--grpc-max-request-size"), "{e:?}");
+        refused.push(id);
+        let bad_id = PublishRequest {
+            exchange: "e".repeat(300),
+            ..message("", b"x".to_vec())
+        };
+        let e = client.publish(bad_id).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "a 300-byte exchange: {e:?}"
+        );
+        // Field 1 (exchange, a string) whose length runs past the end.
+        let truncated = Request::new(Bytes::from_static(&[0x0a, 0x7f, 0x41]));
+        let e = grpc::call_raw(channel.clone(), "/outbox.v1.Publisher/Publish", truncated)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "undecodable: {e:?}");
+        let nowhere = Request::new(Bytes::from_static(b"\x0a\x01x"));
+        let e = grpc::call_raw(channel.clone(), "/outbox.v1.Publisher/Nope", nowhere)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "unknown method: {e:?}");
+        faults += 4;
+        assert!(relay.alive(), "the relay survives round {round}");
+    }
+    for id in &refused {
+        let sql = "SELECT count(*) FROM {t} WHERE message_id = '".to_owned() + id + "'";
+        assert_eq!(run.env.scalar(&sql).await, 0, "refused {id} was not stored");
+    }
+    // Anything refused that still arrived would count as a phantom.
+    run.verify(faults, 0).await;
+    relay.terminate();
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_local_addr() -> std::net::SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    probe.local_addr().unwrap()
+}
+
+/// Connects to the relay's gRPC ingress once it listens.
+async fn connect_grpc(addr: std::net::SocketAddr) -> Channel {
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("the gRPC ingress listens on {addr}: {e}")
+            }
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
+        }
+    }
 }

@@ -69,6 +69,11 @@ impl RelayChild {
         Self(cmd.spawn().expect("spawn outbox-relay run"))
     }
 
+    /// Whether the process is still running (it did not crash).
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("query the child").is_none()
+    }
+
     fn kill9(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

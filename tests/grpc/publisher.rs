@@ -225,6 +225,14 @@ async fn bad_requests_are_refused_with_their_code_and_store_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Bytes that are no PublishRequest: field 1 (exchange) runs past the end.
+    let ch = channel(&relay).await;
+    let truncated = tonic::Request::new(bytes::Bytes::from_static(&[0x0a, 0x7f, 0x41]));
+    let e = grpc::call_raw(ch, "/outbox.v1.Publisher/Publish", truncated)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "undecodable: {e:?}");
+    assert!(e.message().contains("PublishRequest"), "{e:?}");
     assert_eq!(rows(&env).await, 0);
     // The server is unharmed: a good message still goes through.
     client

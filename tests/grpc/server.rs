@@ -5,7 +5,6 @@ use super::*;
 use common::proxy::FaultProxy;
 use outbox_relay::proto::outbox::v1::PublishRequest;
 use outbox_relay::proto::outbox::v1::publisher_client::PublisherClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic_health::pb::HealthCheckRequest;
@@ -273,26 +272,11 @@ async fn garbage_on_the_grpc_port_is_shrugged_off_and_loses_nothing() {
     let mut client = PublisherClient::new(channel(&relay).await);
     client.publish(to_queue(&env, b"before")).await.unwrap();
     let addr = relay.grpc.unwrap();
-    let mut noise: Vec<Vec<u8>> = vec![
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\x04\x00\x00\x00\x00\x00garbage".to_vec(),
-        vec![0u8; 256 << 10],
-        (0..64 << 10).map(|_| fastrand::u8(..)).collect(),
-    ];
-    // A well-formed preface, then a HEADERS frame whose HPACK block is junk.
-    let mut bad_headers =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-    bad_headers
-        .extend_from_slice(b"\x00\x00\x08\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff\xff\xff\xff\xff");
-    noise.push(bad_headers);
-    for bytes in &noise {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let _ = stream.write_all(bytes).await;
-        // The server answers (an error, a GOAWAY) or closes: either way it
-        // does not hang on to the connection.
-        let mut sink = Vec::new();
-        let closed = tokio::time::timeout(WITHIN, stream.read_to_end(&mut sink)).await;
-        assert!(closed.is_ok(), "the server closed a garbage connection");
+    for bytes in grpc::garbage() {
+        assert!(
+            grpc::closes_garbage(addr, &bytes, WITHIN).await,
+            "the server closed a garbage connection"
+        );
     }
     client
         .publish(to_queue(&env, b"after"))

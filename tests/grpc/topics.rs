@@ -203,7 +203,7 @@ async fn topic_calls_get_the_status_their_failure_calls_for() {
     .await;
     let ch = channel(&relay).await;
     let call = |path: &'static str, body: Vec<u8>| {
-        raw::call(ch.clone(), path, tonic::Request::new(body.into()))
+        grpc::call_raw(ch.clone(), path, tonic::Request::new(body.into()))
     };
 
     let e = call("/test.v1.OrderEvents/Shipped", vec![])
@@ -239,7 +239,7 @@ async fn topic_calls_get_the_status_their_failure_calls_for() {
         outbox_relay::grpc::MESSAGE_ID_METADATA,
         "nope".parse().unwrap(),
     );
-    let e = raw::call(ch.clone(), "/test.v1.OrderEvents/Created", bad_id)
+    let e = grpc::call_raw(ch.clone(), "/test.v1.OrderEvents/Created", bad_id)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
