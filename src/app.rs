@@ -76,18 +76,20 @@ impl App {
             confirm_timeout: args.confirm_timeout,
             max_message_size: args.max_message_size,
         };
+        let wake = Arc::new(Notify::new());
         let ingress = Ingress::build(
             &args.grpc,
             Outbox::new(ingress_pool, args.db.schema.clone()),
             broker.clone(),
             sink,
+            wake.clone(),
         )
         .await?;
         Ok(Self {
             args,
             outbox,
             broker,
-            wake: Arc::new(Notify::new()),
+            wake,
             ingress,
         })
     }

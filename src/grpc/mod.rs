@@ -37,6 +37,7 @@ use sink::{Sink, SinkOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::{Routes, RoutesBuilder};
@@ -68,6 +69,7 @@ impl Ingress {
         outbox: Outbox,
         broker: Arc<Broker>,
         sink: SinkOptions,
+        wake: Arc<Notify>,
     ) -> anyhow::Result<Option<Self>> {
         let GrpcListen::On(addr) = args.grpc_addr else {
             return Ok(None);
@@ -101,7 +103,7 @@ impl Ingress {
         Ok(Some(Self {
             listener,
             addr,
-            sink: Arc::new(Sink::new(outbox, broker.clone(), sink)),
+            sink: Arc::new(Sink::new(outbox, broker.clone(), sink, wake)),
             broker,
             catalog,
             descriptor_sets,

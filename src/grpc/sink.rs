@@ -8,7 +8,10 @@
 //! - direct mode answers only after the broker acked every message (a
 //!   returned, nacked or unconfirmed message fails the call); messages with a
 //!   delay go through the outbox in either mode, since only it can delay;
-//! - a repeated message_id is stored once (outbox mode).
+//! - a repeated message_id is stored once (outbox mode);
+//! - after a commit of messages that are due now, the relay's workers are
+//!   woken in-process, so an ingress message does not wait for the next poll
+//!   (nor for the database wake-up trigger).
 
 use super::status::IngressError;
 use crate::amqp::publish::Outgoing;
@@ -17,7 +20,7 @@ use crate::config::IngressMode;
 use crate::outbox::{NewMessage, Outbox, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
 /// Stores what the ingress accepts.
@@ -30,6 +33,8 @@ pub struct Sink {
     publisher: Mutex<Option<Arc<Publisher>>>,
     confirm_timeout: Duration,
     max_message_size: usize,
+    /// The relay workers' wake-up.
+    wake: Arc<Notify>,
 }
 
 /// The sink's settings.
@@ -41,7 +46,12 @@ pub struct SinkOptions {
 }
 
 impl Sink {
-    pub fn new(outbox: Outbox, broker: Arc<Broker>, options: SinkOptions) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        broker: Arc<Broker>,
+        options: SinkOptions,
+        wake: Arc<Notify>,
+    ) -> Self {
         Self {
             mode: options.mode,
             outbox,
@@ -49,6 +59,7 @@ impl Sink {
             publisher: Mutex::new(None),
             confirm_timeout: options.confirm_timeout,
             max_message_size: options.max_message_size,
+            wake,
         }
     }
 
@@ -79,16 +90,19 @@ impl Sink {
     async fn store(&self, messages: &[NewMessage]) -> Result<(), IngressError> {
         if let [message] = messages {
             self.outbox.insert(message).await?;
-            return Ok(());
+        } else {
+            let mut client = self.outbox.pool().get().await.map_err(StoreError::from)?;
+            let tx = client.transaction().await.map_err(StoreError::from)?;
+            // The inserts are pipelined on the connection, not awaited one by one.
+            let inserts = messages.iter().map(|m| self.outbox.insert_with(&tx, m));
+            for inserted in futures::future::join_all(inserts).await {
+                inserted?;
+            }
+            tx.commit().await.map_err(StoreError::from)?;
         }
-        let mut client = self.outbox.pool().get().await.map_err(StoreError::from)?;
-        let tx = client.transaction().await.map_err(StoreError::from)?;
-        // The inserts are pipelined on the connection, not awaited one by one.
-        let inserts = messages.iter().map(|m| self.outbox.insert_with(&tx, m));
-        for inserted in futures::future::join_all(inserts).await {
-            inserted?;
+        if messages.iter().any(|m| m.delay.is_zero()) {
+            self.wake.notify_one();
         }
-        tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 

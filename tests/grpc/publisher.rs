@@ -321,3 +321,28 @@ async fn direct_mode_answers_after_the_ack_and_refuses_what_the_broker_would_not
     relay.stop().await.unwrap();
     env.drop_schema().await;
 }
+
+/// Idle workers wait a random 50-100% of the poll interval; a stored call
+/// wakes them in-process, so its message does not wait for the next poll
+/// (here at least 30 s away, with the database trigger off).
+#[tokio::test]
+async fn an_accepted_call_wakes_the_idle_relay_instead_of_waiting_for_the_poll() {
+    let env = TestEnv::new("grpc_wake").await;
+    env.insert_rows(1).await;
+    let relay = sidecar(&env, &["--poll-interval", "60s", "--wakeup", "off"]).await;
+    // The row already there is relayed by the first poll: from then on the
+    // workers are idle.
+    assert_eq!(env.consume(1, WITHIN, Duration::ZERO).await.len(), 1);
+    let mut client = PublisherClient::new(channel(&relay).await);
+    client
+        .publish(to_queue(&env, b"now"))
+        .await
+        .expect("stored");
+    let got = env
+        .consume(1, Duration::from_secs(10), Duration::ZERO)
+        .await;
+    assert_eq!(got.len(), 1, "delivered long before the next poll");
+    assert_eq!(got[0].data, b"now");
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
