@@ -17,8 +17,11 @@
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
 //! | [`outbox`] | the table: row types, all SQL, migrations, LISTEN wake-ups |
 //! | [`relay`] | the loop: claim → publish → await confirms → mark; backoff; dead-lettering; retention |
-//! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect |
+//! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
+//! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, token; conversion to `tonic::Status` in one place |
+//! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
+//! | `proto/` | the gRPC contract and the messaging options (topologies) |
 //! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ; `tests/faults/` counts what faults do |
 //! | `benches/` | the benchmark harness |
 //! | `deploy/` | container image, Kubernetes sidecar manifests, local scripts |
