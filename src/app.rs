@@ -29,6 +29,10 @@ const IDLE_TX_MARGIN: Duration = Duration::from_secs(5);
 /// that neither can starve the other; several let concurrent calls commit
 /// together.
 const INGRESS_CONNECTIONS: usize = 8;
+/// Group-commit writers of the ingress (outbox mode): fewer than its
+/// connections, so that under load calls queue into shared transactions
+/// while the other connections serve direct mode and health probes.
+const INGRESS_WRITERS: usize = 4;
 
 /// A configured relay, connected to its database, ready to run.
 pub struct App {
@@ -75,6 +79,7 @@ impl App {
             mode: args.grpc.ingress_mode,
             confirm_timeout: args.confirm_timeout,
             max_message_size: args.max_message_size,
+            writers: INGRESS_WRITERS,
         };
         let wake = Arc::new(Notify::new());
         let ingress = Ingress::build(

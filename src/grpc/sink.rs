@@ -13,12 +13,14 @@
 //!   woken in-process, so an ingress message does not wait for the next poll
 //!   (nor for the database wake-up trigger).
 
+use super::group::GroupCommit;
 use super::status::IngressError;
 use crate::amqp::publish::Outgoing;
 use crate::amqp::{Broker, ExchangeState, Publisher, encode_new};
 use crate::config::IngressMode;
-use crate::outbox::{NewMessage, Outbox, StoreError};
+use crate::outbox::{NewMessage, Outbox};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
@@ -27,14 +29,16 @@ use uuid::Uuid;
 pub struct Sink {
     mode: IngressMode,
     outbox: Outbox,
+    /// Outbox mode's group commit.
+    writer: GroupCommit,
     broker: Arc<Broker>,
     /// Direct mode's confirm channel, shared by all calls and replaced when
     /// it breaks.
     publisher: Mutex<Option<Arc<Publisher>>>,
     confirm_timeout: Duration,
     max_message_size: usize,
-    /// The relay workers' wake-up.
-    wake: Arc<Notify>,
+    /// The relay workers' wake-up, coalesced.
+    wake: Wake,
 }
 
 /// The sink's settings.
@@ -43,6 +47,8 @@ pub struct SinkOptions {
     pub mode: IngressMode,
     pub confirm_timeout: Duration,
     pub max_message_size: usize,
+    /// Outbox mode's writer tasks (each holds at most one connection).
+    pub writers: usize,
 }
 
 impl Sink {
@@ -54,12 +60,16 @@ impl Sink {
     ) -> Self {
         Self {
             mode: options.mode,
+            writer: GroupCommit::start(outbox.clone(), options.writers),
             outbox,
             broker,
             publisher: Mutex::new(None),
             confirm_timeout: options.confirm_timeout,
             max_message_size: options.max_message_size,
-            wake,
+            wake: Wake {
+                notify: wake,
+                scheduled: Arc::new(AtomicBool::new(false)),
+            },
         }
     }
 
@@ -82,26 +92,17 @@ impl Sink {
         if direct {
             self.publish(&messages).await
         } else {
-            self.store(&messages).await
+            self.store(messages).await
         }
     }
 
-    /// Outbox mode: one transaction for the call; committed before OK.
-    async fn store(&self, messages: &[NewMessage]) -> Result<(), IngressError> {
-        if let [message] = messages {
-            self.outbox.insert(message).await?;
-        } else {
-            let mut client = self.outbox.pool().get().await.map_err(StoreError::from)?;
-            let tx = client.transaction().await.map_err(StoreError::from)?;
-            // The inserts are pipelined on the connection, not awaited one by one.
-            let inserts = messages.iter().map(|m| self.outbox.insert_with(&tx, m));
-            for inserted in futures::future::join_all(inserts).await {
-                inserted?;
-            }
-            tx.commit().await.map_err(StoreError::from)?;
-        }
-        if messages.iter().any(|m| m.delay.is_zero()) {
-            self.wake.notify_one();
+    /// Outbox mode: the call's messages in one transaction (which may hold
+    /// other calls' too, see [`GroupCommit`]); committed before OK.
+    async fn store(&self, messages: Vec<NewMessage>) -> Result<(), IngressError> {
+        let due_now = messages.iter().any(|m| m.delay.is_zero());
+        self.writer.store(messages).await?;
+        if due_now {
+            self.wake.soon();
         }
         Ok(())
     }
@@ -157,5 +158,33 @@ impl Sink {
             *slot = None;
             self.broker.forget_exchanges();
         }
+    }
+}
+
+/// How long a wake-up waits for company: calls committed meanwhile ride on
+/// it, so under load the workers claim one batch per linger instead of one
+/// row per call (each claim is a transaction of its own).
+const WAKE_LINGER: Duration = Duration::from_millis(5);
+
+/// Wakes one idle relay worker [`WAKE_LINGER`] after the first commit that
+/// asks for it; commits until then share that wake-up.
+struct Wake {
+    notify: Arc<Notify>,
+    scheduled: Arc<AtomicBool>,
+}
+
+impl Wake {
+    fn soon(&self) {
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (notify, scheduled) = (self.notify.clone(), self.scheduled.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(WAKE_LINGER).await;
+            // Cleared first: a commit from now on schedules its own wake-up,
+            // and one just before rides on this one (it committed already).
+            scheduled.store(false, Ordering::Release);
+            notify.notify_one();
+        });
     }
 }

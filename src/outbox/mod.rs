@@ -35,6 +35,8 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
     #[error("table {table} does not exist: run `outbox-relay migrate --schema {schema}` first")]
     TableMissing { table: String, schema: String },
+    #[error("the relay is shutting down and stores nothing more")]
+    Closed,
 }
 
 /// What happens to a row once the broker confirmed it.
