@@ -226,7 +226,15 @@ fn relay_pg_config(args: &RunArgs) -> tokio_postgres::Config {
         pg.application_name("outbox-relay");
     }
     let idle_ms = (step_timeout(args) + IDLE_TX_MARGIN).as_millis();
-    let bound = format!("-c idle_in_transaction_session_timeout={idle_ms}");
+    // Custom plans for every execution of the prepared statements: a
+    // generic plan is fixed once, and one fixed while the table was nearly
+    // empty (a fresh deployment) is a sequential scan, which the mark
+    // (`id = ANY($1)`) then keeps on a table that has grown to millions of
+    // retained rows until an ANALYZE invalidates it. Planning these simple
+    // statements costs microseconds per batch.
+    let bound = format!(
+        "-c idle_in_transaction_session_timeout={idle_ms} -c plan_cache_mode=force_custom_plan"
+    );
     let options = match pg.get_options() {
         Some(existing) => format!("{existing} {bound}"),
         None => bound,
