@@ -15,7 +15,7 @@
 mod auth;
 mod codes;
 pub mod descriptors;
-mod group;
+pub mod group;
 mod health;
 pub mod o5;
 mod publisher;

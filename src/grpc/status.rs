@@ -61,6 +61,7 @@ impl IngressError {
                 Code::FailedPrecondition
             }
             Self::Store(StoreError::TableMissing { .. }) => Code::FailedPrecondition,
+            Self::Store(StoreError::Db(e)) if is_data_exception(e) => Code::InvalidArgument,
             Self::Store(_) | Self::Broker(_) | Self::Publish(_) | Self::CatalogPending => {
                 Code::Unavailable
             }
@@ -81,6 +82,12 @@ impl From<IngressError> for Status {
         }
         Status::new(code, e.to_string())
     }
+}
+
+/// PostgreSQL refused the values themselves (SQLSTATE class 22, e.g. a NUL
+/// character, which neither text nor jsonb can hold): retrying cannot help.
+fn is_data_exception(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|state| state.code().starts_with("22"))
 }
 
 /// The time the caller allows, from its `grpc-timeout` header: digits and a

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod group;
 mod o5;
 mod publisher;
 mod server;

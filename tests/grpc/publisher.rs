@@ -346,3 +346,36 @@ async fn an_accepted_call_wakes_the_idle_relay_instead_of_waiting_for_the_poll()
     relay.stop().await.unwrap();
     env.drop_schema().await;
 }
+
+/// Concurrent calls share transactions (group commit); a call whose values
+/// the database refuses (a NUL character, which neither text nor jsonb can
+/// hold) fails alone, as INVALID_ARGUMENT, and the calls grouped with it are
+/// stored.
+#[tokio::test]
+async fn one_call_the_database_refuses_fails_alone_among_concurrent_calls() {
+    let env = TestEnv::new("grpc_group").await;
+    let relay = sidecar(&env, &[]).await;
+    let ch = channel(&relay).await;
+    let calls = (0..60).map(|i| {
+        let mut client = PublisherClient::new(ch.clone());
+        let mut request = to_queue(&env, format!("m{i}").as_bytes());
+        let poisoned = i % 10 == 3;
+        if poisoned {
+            request.headers = [("note".to_owned(), "nul\0here".to_owned())].into();
+        }
+        async move { (poisoned, client.publish(request).await) }
+    });
+    let results = futures::future::join_all(calls).await;
+    for (poisoned, result) in &results {
+        match (poisoned, result) {
+            (false, Ok(_)) => {}
+            (true, Err(e)) => assert_eq!(e.code(), Code::InvalidArgument, "{e:?}"),
+            (_, other) => panic!("poisoned {poisoned}: {other:?}"),
+        }
+    }
+    assert_eq!(rows(&env).await, 54, "every call but the six refused ones");
+    let got = env.consume(54, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 54);
+    env.drop_schema().await;
+}
