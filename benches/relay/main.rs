@@ -6,6 +6,7 @@
 //! (`deploy/local/services.sh`). Prints a table and one JSON line per
 //! scenario, and writes the table as Markdown to `target/bench/relay.md`.
 
+mod ingress;
 mod report;
 mod scenarios;
 mod support;
@@ -33,8 +34,8 @@ struct Options {
     #[arg(long, default_value = "5")]
     producer_secs: f64,
     /// Scenario groups to run (repeatable): drain (baseline, drains, cost,
-    /// scale-out), steady, producer.
-    #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer"])]
+    /// scale-out), steady, producer, ingress (gRPC Publish vs direct inserts).
+    #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress"])]
     only: Vec<Group>,
     /// A short run for checking the harness: 20,000 messages, 3 s steady runs.
     #[arg(long)]
@@ -52,6 +53,7 @@ enum Group {
     Drain,
     Steady,
     Producer,
+    Ingress,
 }
 
 #[tokio::main]
@@ -78,6 +80,9 @@ async fn main() {
     }
     if opts.only.contains(&Group::Producer) {
         producer_impact(&mut report, &channel, &queue, &opts).await;
+    }
+    if opts.only.contains(&Group::Ingress) {
+        ingress(&mut report, &conn, &channel, &queue, &opts).await;
     }
     queue.delete(&channel).await;
     report.finish(&opts.out);
@@ -220,4 +225,36 @@ async fn producer_impact(
         .rate(with)
         .ratio(with / without, 0.0),
     );
+}
+
+/// The gRPC ingress (outbox mode) against 8 connections inserting straight
+/// into the table, each with the relay draining: 8 callers (the same
+/// concurrency: each call adds two hops to the insert) and 64 (a busy
+/// application, where group commit shares transactions between calls).
+async fn ingress(
+    report: &mut Report,
+    conn: &lapin::Connection,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    opts: &Options,
+) {
+    let kind = queue.kind.name();
+    let direct = scenarios::producer_rate(queue, opts.producer_secs, false, opts.payload).await;
+    queue.purge(channel).await;
+    report.add(Row::new("ingress", kind, "8 inserters, direct SQL".into()).rate(direct));
+    for callers in [8, 64] {
+        let via =
+            ingress::publish_rate(conn, queue, opts.producer_secs, opts.payload, callers).await;
+        queue.purge(channel).await;
+        report.add(
+            Row::new(
+                "ingress",
+                kind,
+                format!("{callers} gRPC callers, Publish, outbox mode"),
+            )
+            .rate(via.rate)
+            .ratio(via.rate / direct, 0.0)
+            .latency_named(("call to OK", "OK to consumer"), via.call, via.to_consumer),
+        );
+    }
 }

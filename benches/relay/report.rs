@@ -16,6 +16,8 @@ pub struct Row {
     /// A value, its unit and its maximum.
     value: Option<(f64, &'static str, f64)>,
     latency: Option<(Latency, Latency)>,
+    /// What the two latencies measure.
+    latency_names: (&'static str, &'static str),
     p99_max: Option<f64>,
     dead_tuples: Option<i64>,
 }
@@ -30,6 +32,7 @@ impl Row {
             ratio: None,
             value: None,
             latency: None,
+            latency_names: ("to ack", "to consumer"),
             p99_max: None,
             dead_tuples: None,
         }
@@ -54,6 +57,17 @@ impl Row {
     pub fn latency(mut self, to_ack: Latency, to_consumer: Latency) -> Self {
         self.latency = Some((to_ack, to_consumer));
         self
+    }
+
+    /// Latencies that measure something else than commit to ack / consumer.
+    pub fn latency_named(
+        mut self,
+        names: (&'static str, &'static str),
+        first: Latency,
+        second: Latency,
+    ) -> Self {
+        self.latency_names = names;
+        self.latency(first, second)
     }
 
     pub fn p99_target(mut self, max_ms: f64) -> Self {
@@ -104,9 +118,10 @@ impl Row {
             parts.push(format!("{v:.2} {unit}"));
         }
         if let Some((ack, consumer)) = self.latency {
+            let (first, second) = self.latency_names;
             parts.push(format!(
-                "to ack p50/p90/p99/max {:.1}/{:.1}/{:.1}/{:.1} ms; to consumer p99 {:.1} ms",
-                ack.p50, ack.p90, ack.p99, ack.max, consumer.p99
+                "{first} p50/p90/p99/max {:.1}/{:.1}/{:.1}/{:.1} ms; {second} p50/p99 {:.1}/{:.1} ms",
+                ack.p50, ack.p90, ack.p99, ack.max, consumer.p50, consumer.p99
             ));
         }
         if let Some(n) = self.dead_tuples {
@@ -123,6 +138,7 @@ impl Row {
             "value": self.value.map(|v| v.0), "unit": self.value.map(|v| v.1),
             "to_ack_ms": self.latency.map(|l| lat(&l.0)),
             "to_consumer_ms": self.latency.map(|l| lat(&l.1)),
+            "latencies_measure": self.latency.map(|_| [self.latency_names.0, self.latency_names.1]),
             "dead_tuples": self.dead_tuples, "target": self.target(), "met": self.met(),
         })
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
-const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Plain lapin: `n` persistent, mandatory messages with confirms, keeping
 /// `window` publishes in flight on one channel. Returns msgs/s.
@@ -178,7 +178,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut samples: Vec<f64>) -> Self {
+    pub fn of(mut samples: Vec<f64>) -> Self {
         if samples.is_empty() {
             return Self::default();
         }
@@ -202,7 +202,7 @@ pub struct Steady {
     pub dead_tuples: i64,
 }
 
-fn epoch_ms(t: SystemTime) -> f64 {
+pub fn epoch_ms(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3
 }
 
@@ -318,7 +318,7 @@ async fn produce(
     }
 }
 
-async fn consume_into(
+pub async fn consume_into(
     channel: lapin::Channel,
     queue: String,
     received: Arc<Mutex<HashMap<String, f64>>>,
