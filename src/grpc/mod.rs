@@ -43,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 /// How often health is re-checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
@@ -121,7 +123,8 @@ impl Ingress {
     /// Serves until `stop`; helper tasks (health, reflection, declarations)
     /// run on `tracker`. In-flight calls finish before this returns.
     pub async fn serve(self, tracker: &TaskTracker, stop: CancellationToken) -> anyhow::Result<()> {
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let reporter = HealthReporter::new();
+        let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         tracker.spawn(health::report_health(
             reporter,
             vec![
@@ -147,7 +150,7 @@ impl Ingress {
         }
         server
             .layer(auth::TokenLayer::new(token))
-            .layer(codes::CodesLayer::new(self.args.grpc_max_request_size))
+            .layer(codes::layer(self.args.grpc_max_request_size))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),
@@ -157,7 +160,7 @@ impl Ingress {
             .context("gRPC server failed")
     }
 
-    fn routes(&self, health: impl HealthService) -> anyhow::Result<Routes> {
+    fn routes(&self, health: HealthServer<HealthService>) -> anyhow::Result<Routes> {
         let max = self.args.grpc_max_request_size;
         let mut builder = RoutesBuilder::default();
         builder
@@ -223,35 +226,6 @@ impl Ingress {
             }
         }
     }
-}
-
-/// What `routes` needs of the health service (its type is unnameable).
-trait HealthService:
-    tonic::codegen::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + tonic::server::NamedService
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> HealthService for T where
-    T: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 fn log_catalog(catalog: &Catalog) {
