@@ -11,85 +11,37 @@
 //! The ingress itself never answers `OUT_OF_RANGE`, nor `INTERNAL` with a
 //! decode error's text, so nothing else is rewritten.
 
-use std::task::{Context, Poll};
 use tonic::body::Body;
-use tonic::codegen::{BoxFuture, http};
+use tonic::codegen::http;
 use tonic::{Code, Status};
-use tower_layer::Layer;
-use tower_service::Service;
+use tower::util::MapResponseLayer;
 
-/// Wraps the whole server.
-#[derive(Debug, Clone, Copy)]
-pub struct CodesLayer {
+/// The layer that wraps the whole server (answers only: requests pass
+/// untouched, and nothing is allocated per call).
+pub fn layer(
     limit: usize,
-}
-
-impl CodesLayer {
-    pub fn new(limit: usize) -> Self {
-        Self { limit }
-    }
-}
-
-impl<S> Layer<S> for CodesLayer {
-    type Service = Codes<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Codes {
-            inner,
-            limit: self.limit,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Codes<S> {
-    inner: S,
-    limit: usize,
-}
-
-impl<S, B> Service<http::Request<B>> for Codes<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let limit = self.limit;
-        let path = req.uri().path().to_owned();
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            rewrite(response.headers_mut(), limit, &path);
-            Ok(response)
-        })
-    }
+) -> MapResponseLayer<impl Fn(http::Response<Body>) -> http::Response<Body> + Clone> {
+    MapResponseLayer::new(move |mut response: http::Response<Body>| {
+        rewrite(response.headers_mut(), limit);
+        response
+    })
 }
 
 /// Rewrites tonic's own answers to oversized and undecodable requests.
-fn rewrite(headers: &mut http::HeaderMap, limit: usize, path: &str) {
+fn rewrite(headers: &mut http::HeaderMap, limit: usize) {
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };
     let message = status.message();
     let rewritten = match status.code() {
         Code::OutOfRange if message.contains("too large") => {
-            tracing::debug!(
-                path,
-                limit,
-                "gRPC request over --grpc-max-request-size refused"
-            );
+            tracing::debug!(limit, "gRPC request over --grpc-max-request-size refused");
             Status::resource_exhausted(format!(
                 "the request is larger than the sidecar accepts (--grpc-max-request-size {limit} bytes): {message}"
             ))
         }
         Code::Internal if message.starts_with(DECODE_ERROR) => {
-            tracing::debug!(path, error = message, "undecodable gRPC request refused");
+            tracing::debug!(error = message, "undecodable gRPC request refused");
             Status::invalid_argument(format!("the request does not decode: {message}"))
         }
         _ => return,
@@ -117,7 +69,7 @@ mod tests {
         let mut too_large = answer(&Status::out_of_range(
             "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes",
         ));
-        rewrite(&mut too_large, 8, "/a.B/C");
+        rewrite(&mut too_large, 8);
         let status = Status::from_header_map(&too_large).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(
@@ -129,7 +81,7 @@ mod tests {
         let mut undecodable = answer(&Status::internal(
             "failed to decode Protobuf message: PublishRequest.exchange: buffer underflow",
         ));
-        rewrite(&mut undecodable, 8, "/a.B/C");
+        rewrite(&mut undecodable, 8);
         let status = Status::from_header_map(&undecodable).unwrap();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
@@ -143,7 +95,7 @@ mod tests {
             Status::internal("the pool is closed"),
         ] {
             let mut headers = answer(&other);
-            rewrite(&mut headers, 8, "/a.B/C");
+            rewrite(&mut headers, 8);
             let kept = Status::from_header_map(&headers).unwrap();
             assert_eq!(
                 (kept.code(), kept.message()),
@@ -151,7 +103,7 @@ mod tests {
             );
         }
         let mut ok = http::HeaderMap::new();
-        rewrite(&mut ok, 8, "/a.B/C");
+        rewrite(&mut ok, 8);
         assert!(ok.is_empty());
     }
 }
