@@ -26,8 +26,8 @@ const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 /// transaction beyond the relay's own step bound before killing it.
 const IDLE_TX_MARGIN: Duration = Duration::from_secs(5);
 /// Database connections of the gRPC ingress, apart from the workers' own so
-/// that neither can starve the other: its group-commit writers, direct
-/// mode's exchange checks aside, and health probes.
+/// that neither can starve the other: its group-commit writers (outbox
+/// mode) and its health probes.
 const INGRESS_CONNECTIONS: usize = 8;
 /// Group-commit writers of the ingress (outbox mode): fewer than its
 /// connections, so that under load calls queue into shared transactions
