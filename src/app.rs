@@ -10,13 +10,14 @@ use crate::amqp::Broker;
 use crate::config::{RunArgs, Wakeup};
 use crate::grpc::Ingress;
 use crate::grpc::sink::SinkOptions;
+use crate::health::Health;
 use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool, run_listener};
-use crate::relay::{Backoff, Relay, RelaySettings, WorkerOptions, run_purger, run_worker};
+use crate::relay::{Backoff, Relay, RelaySettings, Shared, WorkerOptions, run_purger, supervise};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +41,9 @@ pub struct App {
     outbox: Outbox,
     broker: Arc<Broker>,
     wake: Arc<Notify>,
+    health: Arc<Health>,
+    /// One large payload in memory at a time across the workers.
+    large_lane: Arc<Semaphore>,
     ingress: Option<Ingress>,
 }
 
@@ -82,12 +86,14 @@ impl App {
             writers: INGRESS_WRITERS,
         };
         let wake = Arc::new(Notify::new());
+        let health = Arc::new(Health::new(args.concurrency.get()));
         let ingress = Ingress::build(
             &args.grpc,
             Outbox::new(ingress_pool, args.db.schema.clone()),
             broker.clone(),
             sink,
             wake.clone(),
+            health.clone(),
         )
         .await?;
         Ok(Self {
@@ -95,6 +101,8 @@ impl App {
             outbox,
             broker,
             wake,
+            health,
+            large_lane: Arc::new(Semaphore::new(1)),
             ingress,
         })
     }
@@ -117,14 +125,25 @@ impl App {
         self.wake.clone()
     }
 
+    /// The workers' health (faults, restarts, last iterations).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// One worker's relay step, for tests that drive it directly.
     pub fn relay(&self) -> Relay {
-        Relay::new(self.outbox.clone(), self.broker.clone(), self.settings())
+        Relay::new(
+            self.outbox.clone(),
+            self.broker.clone(),
+            self.settings(),
+            self.large_lane.clone(),
+        )
     }
 
     fn settings(&self) -> RelaySettings {
         RelaySettings {
             batch_size: self.args.batch_size.get(),
+            batch_bytes: self.args.batch_max_bytes,
             confirm_timeout: self.args.confirm_timeout,
             max_attempts: self.args.max_attempts.get(),
             backoff: Backoff {
@@ -172,12 +191,27 @@ impl App {
                 stop.clone(),
             ));
         }
+        let shared = Shared::new(self.health.clone(), self.wake.clone());
         for worker in 0..self.args.concurrency.get() {
-            tracker.spawn(run_worker(
-                self.relay(),
+            let (outbox, broker, settings, lane) = (
+                self.outbox.clone(),
+                self.broker.clone(),
+                self.settings(),
+                self.large_lane.clone(),
+            );
+            let make = move || {
+                Relay::new(
+                    outbox.clone(),
+                    broker.clone(),
+                    settings.clone(),
+                    lane.clone(),
+                )
+            };
+            tracker.spawn(supervise(
+                make,
                 worker,
                 options.clone(),
-                self.wake.clone(),
+                shared.clone(),
                 stop.clone(),
             ));
         }

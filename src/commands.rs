@@ -11,10 +11,26 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::json;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Standard output was closed by its reader (`tail | head -1`): the command
+/// stops quietly instead of panicking in `println!`.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes one result line to stdout.
+fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
 
 /// `outbox-relay migrate`.
 pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
@@ -39,11 +55,10 @@ pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
     let _ = driver.await;
     tracing::info!(schema = %db.schema, applied = ?report.applied,
         already_applied = ?report.already_applied, wakeup_trigger, "migrated");
-    println!(
-        "{}",
+    emit(
         json!({"schema": db.schema.as_str(), "applied": report.applied,
-               "already_applied": report.already_applied, "wakeup_trigger": wakeup_trigger})
-    );
+               "already_applied": report.already_applied, "wakeup_trigger": wakeup_trigger}),
+    )?;
     Ok(())
 }
 
@@ -91,16 +106,10 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
     let outbox = open_outbox(&args.db).await?;
     match outbox.insert(&message).await? {
         Inserted::New(id, message_id) => {
-            println!(
-                "{}",
-                json!({"id": id.0, "message_id": message_id.to_string()})
-            );
+            emit(json!({"id": id.0, "message_id": message_id.to_string()}))?;
         }
         Inserted::Duplicate => {
-            println!(
-                "{}",
-                json!({"duplicate": true, "message_id": args.message_id})
-            );
+            emit(json!({"duplicate": true, "message_id": args.message_id}))?;
         }
     }
     Ok(())
@@ -109,7 +118,7 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
 /// `outbox-relay stats`.
 pub async fn stats_cmd(db: &DbArgs) -> anyhow::Result<()> {
     let stats = open_outbox(db).await?.stats().await?;
-    println!("{}", serde_json::to_string(&stats)?);
+    emit(serde_json::to_string(&stats)?)?;
     Ok(())
 }
 
@@ -120,14 +129,14 @@ pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
         .find(&args.key)
         .await?
         .with_context(|| format!("no row {:?} in {}", args.key, outbox.table()))?;
-    println!("{}", serde_json::to_string_pretty(&row)?);
+    emit(serde_json::to_string_pretty(&row)?)?;
     Ok(())
 }
 
 /// `outbox-relay dead`.
 pub async fn dead_cmd(args: &DeadArgs) -> anyhow::Result<()> {
     for row in open_outbox(&args.db).await?.list_dead(args.limit).await? {
-        println!("{}", serde_json::to_string(&row)?);
+        emit(serde_json::to_string(&row)?)?;
     }
     Ok(())
 }
@@ -138,7 +147,7 @@ pub async fn replay_cmd(args: &ReplayArgs) -> anyhow::Result<()> {
     let ids = (!args.all).then_some(args.ids.as_slice());
     let replayed = outbox.replay(ids).await?;
     tracing::info!(count = replayed.len(), "dead rows made pending again");
-    println!("{}", json!({"replayed": replayed}));
+    emit(json!({"replayed": replayed}))?;
     Ok(())
 }
 
@@ -184,19 +193,16 @@ pub async fn tail_cmd(args: &TailArgs) -> anyhow::Result<()> {
         let Some(delivery) = next else { break };
         let delivery = delivery.context("consuming")?;
         let p = &delivery.properties;
-        println!(
-            "{}",
-            json!({
-                "message_id": p.message_id().as_ref().map(|m| m.to_string()),
-                "exchange": delivery.exchange.to_string(),
-                "routing_key": delivery.routing_key.to_string(),
-                "content_type": p.content_type().as_ref().map(|c| c.to_string()),
-                "headers": p.headers().as_ref().map(table_to_json),
-                "timestamp": p.timestamp(),
-                "redelivered": delivery.redelivered,
-                "payload": String::from_utf8_lossy(&delivery.data),
-            })
-        );
+        emit(json!({
+            "message_id": p.message_id().as_ref().map(|m| m.to_string()),
+            "exchange": delivery.exchange.to_string(),
+            "routing_key": delivery.routing_key.to_string(),
+            "content_type": p.content_type().as_ref().map(|c| c.to_string()),
+            "headers": p.headers().as_ref().map(table_to_json),
+            "timestamp": p.timestamp(),
+            "redelivered": delivery.redelivered,
+            "payload": String::from_utf8_lossy(&delivery.data),
+        }))?;
         delivery.ack(BasicAckOptions::default()).await?;
         seen += 1;
     }

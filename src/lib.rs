@@ -12,13 +12,14 @@
 //! |---|---|
 //! | `main.rs` | thin: parse CLI, start telemetry, dispatch the subcommand, map errors to exit codes |
 //! | [`config`] | clap derive; every flag also an `OUTBOX_*` env var; typed values; `validate()`; secrets redacted |
-//! | [`telemetry`] | tracing subscriber (text or JSON) |
+//! | [`telemetry`] | tracing subscriber (text or JSON) on a lossy background writer: logging never blocks or stops relaying |
+//! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
-//! | [`outbox`] | the table: row types, all SQL, migrations, LISTEN wake-ups |
-//! | [`relay`] | the loop: claim → publish → await confirms → mark; backoff; dead-lettering; retention |
+//! | [`outbox`] | the table: row types decoded defensively, all SQL, the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
+//! | [`relay`] | the step: claim → publish → await confirms → mark; backoff; dead-lettering; the worker loop, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
-//! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, token; conversion to `tonic::Status` in one place |
+//! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
 //! | `proto/` | the gRPC contract and the messaging options (topologies) |
@@ -41,6 +42,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod grpc;
+pub mod health;
 pub mod outbox;
 pub mod proto;
 pub mod relay;

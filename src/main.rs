@@ -2,7 +2,6 @@
 //! exit codes (0 success, 1 runtime failure, 2 invalid configuration,
 //! including proto services the gRPC ingress cannot serve).
 
-use clap::Parser;
 use outbox_relay::config::{Cli, Command};
 use outbox_relay::{App, commands, telemetry};
 use std::process::ExitCode;
@@ -12,11 +11,14 @@ fn main() -> ExitCode {
     // Kill points of the fault-injection suite, configured by FAILPOINTS.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
-    if let Err(e) = telemetry::init(&cli.log) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
+    let cli = Cli::parse_redacted();
+    let _logs = match telemetry::init(&cli.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -26,6 +28,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`tail | head -1`): done.
+        Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "outbox-relay failed");
             let invalid_config = e
@@ -45,9 +49,9 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
-            let app = App::build(*args).await?;
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
+            let app = App::build(*args).await?;
             app.run_until_stopped(stop).await
         }
         Command::Migrate(args) => commands::migrate_cmd(&args).await,
@@ -60,18 +64,36 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Cancels `stop` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+/// Cancels `stop` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). SIGHUP,
+/// SIGUSR1 and SIGUSR2, whose default action would kill the process like a
+/// crash, are logged and ignored: the relay has nothing to reload.
 async fn cancel_on_signal(stop: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).inspect_err(
+            |e| tracing::error!(error = %e, signal = name, "cannot listen for a signal"),
+        )
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    let (Ok(mut term), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
+        listen(SignalKind::terminate(), "SIGTERM"),
+        listen(SignalKind::hangup(), "SIGHUP"),
+        listen(SignalKind::user_defined1(), "SIGUSR1"),
+        listen(SignalKind::user_defined2(), "SIGUSR2"),
+    ) else {
+        return;
+    };
+    loop {
+        let ignored = tokio::select! {
+            _ = term.recv() => break tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = tokio::signal::ctrl_c() => break tracing::info!(signal = "SIGINT", "shutdown requested"),
+            _ = hup.recv() => "SIGHUP",
+            _ = usr1.recv() => "SIGUSR1",
+            _ = usr2.recv() => "SIGUSR2",
+        };
+        tracing::info!(
+            signal = ignored,
+            "signal ignored (SIGTERM or SIGINT stops the relay)"
+        );
     }
     stop.cancel();
 }

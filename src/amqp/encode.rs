@@ -30,7 +30,26 @@ pub enum EncodeError {
         "payload is {len} bytes, above --max-message-size {max} (the broker would close the channel)"
     )]
     TooLarge { len: usize, max: usize },
+    #[error(
+        "headers and properties take {len} bytes, above the broker's frame size of {frame_max} bytes (the broker would close the connection)"
+    )]
+    HeaderTooLarge { len: usize, frame_max: u32 },
 }
+
+/// Sizes a message must respect to be publishable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-message-size`.
+    pub max_payload: usize,
+    /// The connection's negotiated `frame_max`: AMQP sends a message's
+    /// properties (headers included) in one content-header frame, and a
+    /// larger one is a connection-level FRAME_ERROR for every channel.
+    pub frame_max: u32,
+}
+
+/// Bytes of a content-header frame around its properties: frame type,
+/// channel, size and end octet (8), class, weight and body size (12).
+const CONTENT_HEADER_OVERHEAD: usize = 20;
 
 /// A row ready for `basic_publish`.
 #[derive(Debug, Clone)]
@@ -44,16 +63,16 @@ pub struct Encoded {
 /// `content_type`, `timestamp` (from `created_at`) and the headers table.
 /// A payload above `max_payload` bytes is refused here: the broker would
 /// answer it by closing the channel, failing every other row of the batch.
-pub fn encode(row: &OutboxRow, max_payload: usize) -> Result<Encoded, EncodeError> {
+pub fn encode(row: &OutboxRow, limits: Limits) -> Result<Encoded, EncodeError> {
     let draft = Draft {
         message_id: row.message_id.0,
         exchange: &row.exchange,
         routing_key: &row.routing_key,
         content_type: row.content_type.as_deref(),
         created_epoch: row.created_epoch,
-        payload_len: row.payload.len(),
+        payload_len: row.payload_len,
     };
-    envelope(&draft, headers_table(&row.headers)?, max_payload)
+    envelope(&draft, headers_table(&row.headers)?, limits)
 }
 
 /// Encodes a message that is about to be stored or published directly (the
@@ -63,17 +82,17 @@ pub fn encode_new(
     message: &NewMessage,
     message_id: Uuid,
     created_epoch: i64,
-    max_payload: usize,
+    limits: Limits,
 ) -> Result<Encoded, EncodeError> {
     let draft = Draft {
         message_id,
         exchange: &message.exchange,
         routing_key: &message.routing_key,
         content_type: message.content_type.as_deref(),
-        created_epoch,
+        created_epoch: Some(created_epoch),
         payload_len: message.payload.len(),
     };
-    envelope(&draft, object_table(&message.headers, "", 0)?, max_payload)
+    envelope(&draft, object_table(&message.headers, "", 0)?, limits)
 }
 
 /// Everything of a message but its payload and headers, borrowed.
@@ -82,35 +101,54 @@ struct Draft<'a> {
     exchange: &'a str,
     routing_key: &'a str,
     content_type: Option<&'a str>,
-    created_epoch: i64,
+    created_epoch: Option<i64>,
     payload_len: usize,
 }
 
 fn envelope(
     draft: &Draft<'_>,
     headers: FieldTable,
-    max_payload: usize,
+    limits: Limits,
 ) -> Result<Encoded, EncodeError> {
-    if draft.payload_len > max_payload {
+    if draft.payload_len > limits.max_payload {
         return Err(EncodeError::TooLarge {
             len: draft.payload_len,
-            max: max_payload,
+            max: limits.max_payload,
         });
     }
     let message_id = draft.message_id.hyphenated().to_string();
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_message_id(short("message_id", message_id)?)
-        .with_timestamp(u64::try_from(draft.created_epoch).unwrap_or(0))
         .with_headers(headers);
+    // A time before 1970 or an infinite created_at has no AMQP timestamp.
+    if let Some(epoch) = draft.created_epoch.and_then(|e| u64::try_from(e).ok()) {
+        properties = properties.with_timestamp(epoch);
+    }
     if let Some(content_type) = draft.content_type {
         properties = properties.with_content_type(short("content_type", content_type.to_owned())?);
+    }
+    let header_len = properties_len(&properties) + CONTENT_HEADER_OVERHEAD;
+    if header_len > limits.frame_max as usize {
+        return Err(EncodeError::HeaderTooLarge {
+            len: header_len,
+            frame_max: limits.frame_max,
+        });
     }
     Ok(Encoded {
         exchange: short("exchange", draft.exchange.to_owned())?,
         routing_key: short("routing_key", draft.routing_key.to_owned())?,
         properties,
     })
+}
+
+/// The serialized size of `properties`, with lapin's own serializer.
+fn properties_len(properties: &BasicProperties) -> usize {
+    cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    )
+    .map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// Converts the `headers` jsonb object into an AMQP field table.
@@ -262,20 +300,55 @@ mod tests {
             message_id: MessageId(uuid::Uuid::new_v4()),
             exchange: String::new(),
             routing_key: "q".into(),
-            payload: vec![0; 1025],
+            payload: None,
+            payload_len: 1025,
             content_type: None,
             headers: json!({}),
             attempts: 0,
-            created_epoch: 0,
+            created_epoch: Some(0),
+        };
+        let limits = |max_payload| Limits {
+            max_payload,
+            frame_max: 131_072,
         };
         assert_eq!(
-            encode(&row, 1024).unwrap_err(),
+            encode(&row, limits(1024)).unwrap_err(),
             EncodeError::TooLarge {
                 len: 1025,
                 max: 1024
             }
         );
-        assert!(encode(&row, 1025).is_ok());
+        assert!(encode(&row, limits(1025)).is_ok());
+    }
+
+    #[test]
+    fn headers_above_the_frame_size_are_refused_before_publishing() {
+        use crate::outbox::{MessageId, RowId};
+        let mut row = OutboxRow {
+            id: RowId(1),
+            message_id: MessageId(uuid::Uuid::new_v4()),
+            exchange: String::new(),
+            routing_key: "q".into(),
+            payload: Some(Vec::new()),
+            payload_len: 0,
+            content_type: None,
+            headers: json!({"big": "x".repeat(4000)}),
+            attempts: 0,
+            created_epoch: None,
+        };
+        let limits = Limits {
+            max_payload: 1 << 20,
+            frame_max: 4096,
+        };
+        assert!(encode(&row, limits).is_ok());
+        row.headers = json!({"big": "x".repeat(4096)});
+        assert!(matches!(
+            encode(&row, limits),
+            Err(EncodeError::HeaderTooLarge {
+                frame_max: 4096,
+                ..
+            })
+        ));
     }
 
     #[test]

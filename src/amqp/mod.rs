@@ -12,14 +12,16 @@ pub mod declare;
 mod encode;
 pub mod publish;
 
-pub use encode::{EncodeError, Encoded, encode, encode_new, headers_table, table_to_json};
+pub use encode::{EncodeError, Encoded, Limits, encode, encode_new, headers_table, table_to_json};
 pub use publish::{PublishError, Publisher};
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::Mutex as SyncMutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -34,12 +36,19 @@ pub enum BrokerError {
     Channel(#[source] lapin::Error),
 }
 
-/// Whether an exchange exists, as far as a passive declare can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether an exchange can take messages, as far as the relay knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeState {
     Exists,
+    /// A passive declare found none.
     Missing,
+    /// The broker closed a channel for publishing to it (an internal
+    /// exchange, no write permission): the broker's reason.
+    Refused(Arc<str>),
 }
+
+/// RabbitMQ's default `frame_max`, assumed until a connection negotiated one.
+const DEFAULT_FRAME_MAX: u32 = 131_072;
 
 /// Shared connection to RabbitMQ; hands out confirm-mode channels.
 pub struct Broker {
@@ -47,6 +56,8 @@ pub struct Broker {
     connect_timeout: Duration,
     connection: Mutex<Option<Connection>>,
     exchanges: SyncMutex<ExchangeCache>,
+    /// The last connection's negotiated frame size.
+    frame_max: AtomicU32,
 }
 
 impl std::fmt::Debug for Broker {
@@ -63,6 +74,15 @@ impl Broker {
             connect_timeout,
             connection: Mutex::new(None),
             exchanges: SyncMutex::new(ExchangeCache::default()),
+            frame_max: AtomicU32::new(DEFAULT_FRAME_MAX),
+        }
+    }
+
+    /// What a message must fit to be published on this broker.
+    pub fn limits(&self, max_payload: usize) -> Limits {
+        Limits {
+            max_payload,
+            frame_max: self.frame_max.load(Ordering::Relaxed),
         }
     }
 
@@ -108,7 +128,11 @@ impl Broker {
         .await
         .map_err(|_| BrokerError::Timeout(self.connect_timeout))?
         .map_err(BrokerError::Connect)?;
-        tracing::info!("connected to the broker");
+        let frame_max = conn.configuration().frame_max();
+        if frame_max > 0 {
+            self.frame_max.store(frame_max, Ordering::Relaxed);
+        }
+        tracing::info!(frame_max, "connected to the broker");
         // Exchanges may have changed while we were away.
         self.forget_exchanges();
         let channel = tokio::time::timeout(self.connect_timeout, conn.create_channel())
@@ -153,8 +177,20 @@ impl Broker {
             Err(e) if is_not_found(&e) => ExchangeState::Missing,
             Err(e) => return Err(BrokerError::Channel(e)),
         };
-        self.exchanges.lock().expect("poisoned").record(name, state);
+        self.exchanges
+            .lock()
+            .expect("poisoned")
+            .record(name, state.clone());
         Ok(state)
+    }
+
+    /// Remembers that the broker refused messages for `name` (see
+    /// [`publish::refused_exchange`]), for as long as a missing exchange.
+    pub fn refuse_exchange(&self, name: &str, reason: &str) {
+        self.exchanges
+            .lock()
+            .expect("poisoned")
+            .record(name, ExchangeState::Refused(reason.into()));
     }
 
     /// Drops the exchange cache (after a channel failure or reconnect).
@@ -190,40 +226,38 @@ fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
-/// How long a missing exchange is believed missing before asking again.
+/// How long a missing or refusing exchange is believed so before asking again.
 const MISSING_TTL: Duration = Duration::from_secs(5);
 
 /// What the relay knows of exchanges: existing ones until a channel fails,
-/// missing ones for [`MISSING_TTL`], so rows routed to a missing exchange
-/// fail without a broker round trip in every batch (they would slow the
-/// rows around them), and an exchange declared later is found within seconds.
+/// missing or refusing ones for [`MISSING_TTL`], so rows routed to them fail
+/// without a broker round trip (or a closed channel) in every batch (they
+/// would slow the rows around them), and a fixed exchange is found within
+/// seconds.
 #[derive(Debug, Default)]
 struct ExchangeCache {
     exists: HashSet<String>,
-    missing: HashMap<String, std::time::Instant>,
+    unusable: HashMap<String, (std::time::Instant, ExchangeState)>,
 }
 
 impl ExchangeCache {
     fn lookup(&self, name: &str) -> Option<ExchangeState> {
-        if self.exists.contains(name) {
-            return Some(ExchangeState::Exists);
+        if let Some((since, state)) = self.unusable.get(name)
+            && since.elapsed() < MISSING_TTL
+        {
+            return Some(state.clone());
         }
-        self.missing
-            .get(name)
-            .filter(|since| since.elapsed() < MISSING_TTL)
-            .map(|_| ExchangeState::Missing)
+        self.exists.contains(name).then_some(ExchangeState::Exists)
     }
 
     fn record(&mut self, name: &str, state: ExchangeState) {
-        match state {
-            ExchangeState::Exists => {
-                self.missing.remove(name);
-                self.exists.insert(name.to_owned());
-            }
-            ExchangeState::Missing => {
-                self.missing
-                    .insert(name.to_owned(), std::time::Instant::now());
-            }
+        if state == ExchangeState::Exists {
+            self.unusable.remove(name);
+            self.exists.insert(name.to_owned());
+        } else {
+            self.exists.remove(name);
+            self.unusable
+                .insert(name.to_owned(), (std::time::Instant::now(), state));
         }
     }
 }

@@ -124,6 +124,29 @@ impl Publisher {
     }
 }
 
+/// The exchange a channel-level exception blames, with the broker's reason:
+/// RabbitMQ closes a channel with 403 ACCESS_REFUSED for a publish to an
+/// internal exchange or without write permission, and 404 NOT_FOUND for an
+/// exchange deleted meanwhile, naming the exchange in its text (`... exchange
+/// 'name' in vhost '/' ...`). Every publish in flight on that channel fails
+/// with the same error; this finds the one destination to blame, so that
+/// only its rows count toward dead-lettering.
+pub fn refused_exchange(error: &PublishError) -> Option<(String, String)> {
+    let PublishError::Connection(e) = error else {
+        return None;
+    };
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return None;
+    };
+    if !matches!(amqp.get_id(), 403 | 404) {
+        return None;
+    }
+    let text = amqp.get_message().as_str();
+    let start = text.find("exchange '")? + "exchange '".len();
+    let len = text[start..].find("' in vhost")?;
+    Some((text[start..start + len].to_owned(), text.to_owned()))
+}
+
 /// Maps lapin's confirm onto success or a [`PublishError`] (invariant 2).
 pub fn classify(confirmation: lapin::Result<Confirmation>) -> Result<(), PublishError> {
     match confirmation {

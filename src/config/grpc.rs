@@ -50,6 +50,10 @@ pub struct GrpcArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "OUTBOX_GRPC_MAX_REQUEST_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub grpc_max_request_size: usize,
+    /// Most gRPC connections open at once; past it new ones are closed at
+    /// once (and logged). Idle connections are closed after 5 minutes.
+    #[arg(long, env = "OUTBOX_GRPC_MAX_CONNECTIONS", default_value = "256")]
+    pub grpc_max_connections: std::num::NonZeroUsize,
     /// Require `authorization: Bearer <token>` on every call but health
     /// checks (compared in constant time).
     #[arg(long, env = "OUTBOX_GRPC_TOKEN", hide_env_values = true)]

@@ -16,7 +16,7 @@ use crate::outbox::{Identifier, OnSent, RowKey};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
-use values::parse_header;
+use values::{parse_header, parse_queue_name};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -76,6 +76,44 @@ pub struct LogArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Flags whose values are secrets, or URLs that may hold one.
+const SECRET_FLAGS: &[&str] = &["--database-url", "--amqp-url", "--grpc-token"];
+
+impl Cli {
+    /// Parses the command line and environment; on an error, prints it and
+    /// exits like clap does, except that a secret flag's value is never
+    /// printed (clap's own message quotes the invalid value).
+    pub fn parse_redacted() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(e) => redact_parse_error(e).exit(),
+        }
+    }
+}
+
+/// Rewrites a parse error about a secret flag without its value.
+pub fn redact_parse_error(error: clap::Error) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::ValueValidation {
+        return error;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    if !SECRET_FLAGS.iter().any(|flag| arg.starts_with(flag)) {
+        return error;
+    }
+    let reason = std::error::Error::source(&error)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    clap::Error::raw(
+        ErrorKind::ValueValidation,
+        format!("invalid value for '{arg}' (not shown, it may hold a secret): {reason}\n"),
+    )
+    .with_cmd(&Cli::command())
 }
 
 /// Where the outbox table lives.
@@ -143,6 +181,13 @@ pub struct RunArgs {
     /// Keep it at or below the broker's limit.
     #[arg(long, env = "OUTBOX_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub max_message_size: usize,
+    /// Payload bytes one batch loads from the table, e.g. 4MiB. Rows past it
+    /// wait for the next batch; a single row larger than this is loaded on
+    /// its own, one at a time per relay. Memory for payloads is therefore
+    /// bounded by concurrency x this + --max-message-size, whatever the
+    /// table holds; a row above --max-message-size is never loaded.
+    #[arg(long, env = "OUTBOX_BATCH_MAX_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub batch_max_bytes: usize,
     /// `listen`: keep one extra connection LISTENing for the outbox's wake-up
     /// trigger, so an idle relay claims new rows at once; `off`: poll only.
     /// Either way the relay polls; the trigger itself is enabled with
@@ -239,8 +284,8 @@ pub struct ReplayArgs {
 pub struct TailArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
-    /// Queue to read from.
-    #[arg(long, short = 'q')]
+    /// Queue to read from (1 to 255 bytes).
+    #[arg(long, short = 'q', value_parser = parse_queue_name)]
     pub queue: String,
     /// Declare the queue (durable) if it does not exist.
     #[arg(long)]

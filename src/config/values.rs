@@ -27,6 +27,7 @@ impl FromStr for DatabaseUrl {
                     .into(),
             );
         }
+        reserved_in_userinfo(s)?;
         let config = tokio_postgres::Config::from_str(s)
             .map_err(|e| format!("{e}; expected postgres://user[:password]@host[:port]/dbname"))?;
         if config.get_hosts().is_empty() {
@@ -94,7 +95,11 @@ impl FromStr for AmqpUrl {
         if url.host_str().is_none_or(str::is_empty) {
             return Err("the URL names no host".into());
         }
-        lapin::uri::AMQPUri::from_str(s).map_err(|e| format!("invalid AMQP URL: {e}"))?;
+        reserved_in_userinfo(s)?;
+        // lapin's message may quote parts of the URL: not shown.
+        lapin::uri::AMQPUri::from_str(s).map_err(|_| {
+            "not a valid AMQP URL; expected amqp://user:password@host:5672/vhost".to_owned()
+        })?;
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
@@ -115,6 +120,27 @@ impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AmqpUrl({})", self.redacted)
     }
+}
+
+/// Refuses a user or password holding an unencoded `@`: parsers split
+/// such a URL at different `@`s, and part of the password would then show as
+/// the host in logs. (Other reserved characters make the URL fail to parse,
+/// and parse errors never show the value.)
+fn reserved_in_userinfo(url: &str) -> Result<(), String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let before_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+    let Some(at) = before_query.rfind('@') else {
+        return Ok(());
+    };
+    if before_query[..at].contains('@') {
+        return Err(
+            "the user or password holds an unencoded @: percent-encode it as %40 (and /, ?, # as %2F, %3F, %23)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Parses `500ms`, `10s`, `5m`, `7days` (humantime syntax).
@@ -146,6 +172,14 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
             "{s:?} must be between 1 byte and the address space"
         )),
         Some(bytes) => Ok(bytes),
+    }
+}
+
+/// An AMQP queue name: 1 to 255 bytes (an AMQP short string).
+pub(super) fn parse_queue_name(s: &str) -> Result<String, String> {
+    match s.len() {
+        1..=255 => Ok(s.to_owned()),
+        len => Err(format!("a queue name is 1 to 255 bytes, this one is {len}")),
     }
 }
 
@@ -181,5 +215,31 @@ impl FromStr for Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unencoded_at_in_a_password_is_refused_without_showing_it() {
+        for url in [
+            "postgres://app:p@ss@db:5432/app",
+            "amqp://app:Pw1@Secret@mq:5672/%2f",
+        ] {
+            let e = if url.starts_with("postgres") {
+                url.parse::<DatabaseUrl>().map(|_| ()).unwrap_err()
+            } else {
+                url.parse::<AmqpUrl>().map(|_| ()).unwrap_err()
+            };
+            assert!(e.contains("%40"), "{e}");
+            assert!(!e.contains("ss@db") && !e.contains("Secret"), "{e}");
+        }
+        assert!(
+            "postgres://app:p%40ss@db/app?application_name=a@b"
+                .parse::<DatabaseUrl>()
+                .is_ok()
+        );
     }
 }

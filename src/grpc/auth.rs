@@ -1,6 +1,11 @@
-//! The optional bearer token: every call but health checks (which kubelet
-//! probes make without credentials) must carry `authorization: Bearer
-//! <token>`. The comparison takes the same time whatever the bytes.
+//! Admission at the door, before a call reaches a service:
+//! - metadata above [`MAX_METADATA`] bytes is `RESOURCE_EXHAUSTED` (HTTP/2
+//!   would otherwise answer a header list over its limit by closing the
+//!   connection, which clients read as a retryable `UNAVAILABLE`; the
+//!   server's HTTP/2 limit is set well above this one, see `super::serve`);
+//! - the optional bearer token: every call but health checks (which kubelet
+//!   probes make without credentials) must carry `authorization: Bearer
+//!   <token>`. The comparison takes the same time whatever the bytes.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,6 +17,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// Largest metadata (all header names and values) a call may carry.
+pub const MAX_METADATA: usize = 64 * 1024;
 
 /// Wraps the whole server; without a token it lets everything through.
 #[derive(Debug, Clone)]
@@ -73,6 +81,18 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let metadata: usize = req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if metadata > MAX_METADATA {
+            tracing::debug!(metadata, "gRPC call with oversized metadata refused");
+            let refused = Status::resource_exhausted(format!(
+                "the call's metadata is {metadata} bytes, above the sidecar's limit of {MAX_METADATA}"
+            ));
+            return Box::pin(async move { Ok(refused.into_http()) });
+        }
         if self.allows(&req) {
             return Box::pin(self.inner.call(req));
         }

@@ -1,7 +1,9 @@
-//! `grpc.health.v1`: SERVING only while the database answers and the broker
-//! connection is up, re-checked every few seconds and on every change logged.
+//! `grpc.health.v1`: SERVING only while the database answers, the broker
+//! connection is up and no relay worker is paused by a fault or down after a
+//! panic; re-checked every few seconds and on every change logged.
 
 use crate::amqp::Broker;
+use crate::health::Health;
 use crate::outbox::Outbox;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,20 +21,27 @@ pub async fn report_health(
     services: Vec<&'static str>,
     outbox: Outbox,
     broker: Arc<Broker>,
+    workers: Arc<Health>,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut last: Option<(bool, bool)> = None;
+    let mut last: Option<(bool, bool, Vec<String>)> = None;
     loop {
-        let state = (database_answers(&outbox).await, broker.is_connected().await);
-        if last != Some(state) {
-            let status = if state == (true, true) {
+        let state = (
+            database_answers(&outbox).await,
+            broker.is_connected().await,
+            // Faults and panics only: liveness is the HTTP probe's concern.
+            workers.problems(Duration::MAX),
+        );
+        if last.as_ref() != Some(&state) {
+            let status = if state.0 && state.1 && state.2.is_empty() {
                 tracing::info!("gRPC health: SERVING");
                 ServingStatus::Serving
             } else {
                 tracing::warn!(
                     database = state.0,
                     broker = state.1,
+                    workers = ?state.2,
                     "gRPC health: NOT_SERVING"
                 );
                 ServingStatus::NotServing

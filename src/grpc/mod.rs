@@ -17,6 +17,7 @@ mod codes;
 pub mod descriptors;
 pub mod group;
 mod health;
+mod listener;
 pub mod o5;
 mod publisher;
 pub mod raw;
@@ -29,6 +30,7 @@ pub use topology::{Catalog, TopologyError, method_route};
 
 use crate::amqp::{Broker, declare::declare};
 use crate::config::{GrpcArgs, GrpcListen};
+use crate::health::Health;
 use crate::outbox::Outbox;
 use crate::proto::outbox::v1::publisher_server::PublisherServer;
 use crate::relay::ErrorBackoff;
@@ -48,6 +50,18 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 /// How often health is re-checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// Pings a connection that sent nothing for this long, and closes it when
+/// the ping is not answered within [`KEEPALIVE_TIMEOUT`] (a dead peer).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections are closed gracefully (GOAWAY, calls in flight finish within
+/// [`CONNECTION_AGE_GRACE`]) after this long, so idle ones do not pile up;
+/// clients reconnect transparently.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// HTTP/2's own header-list limit: above the door's metadata limit, so an
+/// oversized call gets `RESOURCE_EXHAUSTED` instead of a closed connection.
+const HTTP2_MAX_HEADER_LIST: u32 = 1 << 20;
 /// Bounds one attempt to read the application's reflection.
 const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,6 +71,7 @@ pub struct Ingress {
     addr: SocketAddr,
     sink: Arc<Sink>,
     broker: Arc<Broker>,
+    health: Arc<Health>,
     catalog: CatalogSlot,
     /// Descriptor files as read, for server reflection.
     descriptor_sets: Vec<Vec<u8>>,
@@ -73,6 +88,7 @@ impl Ingress {
         broker: Arc<Broker>,
         sink: SinkOptions,
         wake: Arc<Notify>,
+        health: Arc<Health>,
     ) -> anyhow::Result<Option<Self>> {
         let GrpcListen::On(addr) = args.grpc_addr else {
             return Ok(None);
@@ -108,6 +124,7 @@ impl Ingress {
             addr,
             sink: Arc::new(Sink::new(outbox, broker.clone(), sink, wake)),
             broker,
+            health,
             catalog,
             descriptor_sets,
             tls,
@@ -133,12 +150,18 @@ impl Ingress {
             ],
             self.sink.outbox().clone(),
             self.broker.clone(),
+            self.health.clone(),
             HEALTH_EVERY,
             stop.clone(),
         ));
         self.start_catalog_tasks(tracker, &stop);
         let routes = self.routes(health)?;
-        let mut server = Server::builder().tcp_nodelay(true);
+        let mut server = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_connection_age(MAX_CONNECTION_AGE)
+            .max_connection_age_grace(CONNECTION_AGE_GRACE)
+            .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("TLS configuration")?;
         }
@@ -153,7 +176,7 @@ impl Ingress {
             .layer(codes::layer(self.args.grpc_max_request_size))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                listener::incoming(self.listener, self.args.grpc_max_connections.get()),
                 stop.cancelled_owned(),
             )
             .await

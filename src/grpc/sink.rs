@@ -86,7 +86,7 @@ impl Sink {
             // Fixing the id here keeps it stable across the check and the
             // store, and lets direct mode publish what outbox mode would.
             let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
-            encode_new(message, id, 0, self.max_message_size)?;
+            encode_new(message, id, 0, self.broker.limits(self.max_message_size))?;
         }
         let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
         if direct {
@@ -121,7 +121,12 @@ impl Sink {
             let id = message.message_id.unwrap_or_default();
             batch.push(Outgoing {
                 payload: &message.payload,
-                envelope: encode_new(message, id, created, self.max_message_size)?,
+                envelope: encode_new(
+                    message,
+                    id,
+                    created,
+                    self.broker.limits(self.max_message_size),
+                )?,
             });
         }
         let publisher = self.publisher().await?;

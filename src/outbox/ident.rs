@@ -1,7 +1,8 @@
 //! Validated SQL identifiers (invariant 7).
 //!
 //! Grammar: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, not starting with
-//! `pg_` (reserved by PostgreSQL for system schemas).
+//! `pg_` (reserved by PostgreSQL for system schemas), and not
+//! `information_schema` (the SQL standard's catalog views).
 //!
 //! Schema names come from configuration and end up inside SQL text, where a
 //! bind parameter cannot go. They are therefore checked against a strict
@@ -29,7 +30,7 @@ pub enum IdentifierError {
         "identifier {0:?} must start with a letter or '_' and contain only ASCII letters, digits and '_'"
     )]
     InvalidCharacter(String),
-    #[error("identifier {0:?} starts with \"pg_\", which PostgreSQL reserves for system schemas")]
+    #[error("{0:?} is a system schema (\"pg_*\", information_schema): choose your own schema")]
     Reserved(String),
 }
 
@@ -49,7 +50,8 @@ impl Identifier {
         if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(IdentifierError::InvalidCharacter(name.to_owned()));
         }
-        if name.to_ascii_lowercase().starts_with("pg_") {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("pg_") || lower == "information_schema" {
             return Err(IdentifierError::Reserved(name.to_owned()));
         }
         Ok(Self(name.to_owned()))

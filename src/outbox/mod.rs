@@ -8,36 +8,28 @@
 //! - failure bookkeeping (attempts, error, backoff, dead-lettering) is one
 //!   statement per batch and never deletes a row (invariant 3).
 
+mod claim;
+mod error;
 mod ident;
 mod listen;
 pub mod migrate;
 mod row;
 mod sql;
 
+pub use claim::{Claim, ClaimLimits};
+pub use error::{StoreError, describe};
+
 pub use ident::{Identifier, IdentifierError};
 pub use listen::run_listener;
-pub use row::{Inserted, MessageId, NewMessage, OutboxRow, RowId, RowView, Stats};
+pub use row::{
+    Claimed, Inserted, MessageId, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats,
+};
 pub use sql::Statements;
 
-use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
-};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Failures of the database side, for callers that branch on them.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("no database connection available: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("table {table} does not exist: run `outbox-relay migrate --schema {schema}` first")]
-    TableMissing { table: String, schema: String },
-    #[error("the relay is shutting down and stores nothing more")]
-    Closed,
-}
 
 /// What happens to a row once the broker confirmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -139,55 +131,6 @@ impl Outbox {
                 schema: self.schema.to_string(),
             })
         }
-    }
-
-    /// Locks up to `limit` due rows for the lifetime of `tx`.
-    pub async fn claim(
-        &self,
-        tx: &Transaction<'_>,
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        let stmt = tx.prepare_cached(&self.sql.claim).await?;
-        let rows = tx.query(&stmt, &[&limit]).await?;
-        Ok(rows.iter().map(OutboxRow::from_row).collect())
-    }
-
-    /// Marks (or deletes) confirmed rows. Must run in the claiming `tx`.
-    pub async fn complete(
-        &self,
-        tx: &Transaction<'_>,
-        ids: &[i64],
-        on_sent: OnSent,
-    ) -> Result<u64, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let sql = match on_sent {
-            OnSent::Mark => &self.sql.mark_sent,
-            OnSent::Delete => &self.sql.delete_sent,
-        };
-        let stmt = tx.prepare_cached(sql).await?;
-        Ok(tx.execute(&stmt, &[&ids]).await?)
-    }
-
-    /// Records failed attempts of a batch in one statement.
-    pub async fn record_failures(
-        &self,
-        tx: &Transaction<'_>,
-        failures: &[Failure],
-    ) -> Result<u64, StoreError> {
-        if failures.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<i64> = failures.iter().map(|f| f.id.0).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let delays: Vec<f64> = failures
-            .iter()
-            .map(|f| f.delay.as_secs_f64() * 1000.0)
-            .collect();
-        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-        let stmt = tx.prepare_cached(&self.sql.record_failures).await?;
-        Ok(tx.execute(&stmt, &[&ids, &errors, &delays, &dead]).await?)
     }
 
     /// Deletes up to `limit` rows sent longer ago than `older_than`.

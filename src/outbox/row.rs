@@ -1,5 +1,6 @@
 //! Row types: what a claim returns and what callers insert.
 
+use super::StoreError;
 use std::fmt;
 use uuid::Uuid;
 
@@ -30,29 +31,108 @@ pub struct OutboxRow {
     pub message_id: MessageId,
     pub exchange: String,
     pub routing_key: String,
-    pub payload: Vec<u8>,
+    /// `None` when the claim did not load it: above `--max-message-size`,
+    /// beyond the batch's byte budget, or a large row loaded on its own
+    /// later (see `Claim::load_payload`). Bounds memory (invariant 10).
+    pub payload: Option<Vec<u8>>,
+    /// The payload's size in bytes, known without loading it.
+    pub payload_len: usize,
     pub content_type: Option<String>,
     pub headers: serde_json::Value,
     /// Failed attempts so far (before this one).
     pub attempts: i32,
-    /// `created_at` in whole seconds since the Unix epoch (AMQP timestamp).
-    pub created_epoch: i64,
+    /// `created_at` in whole seconds since the Unix epoch (AMQP timestamp);
+    /// `None` for `±infinity`.
+    pub created_epoch: Option<i64>,
 }
 
-impl OutboxRow {
-    pub(super) fn from_row(row: &tokio_postgres::Row) -> Self {
-        Self {
-            id: RowId(row.get(0)),
-            message_id: MessageId(row.get(1)),
-            exchange: row.get(2),
-            routing_key: row.get(3),
-            payload: row.get(4),
-            content_type: row.get(5),
-            headers: row.get(6),
-            attempts: row.get(7),
-            created_epoch: row.get(8),
-        }
+/// One row of a claim: decoded, or a row whose values cannot become a
+/// message (invariant 8), to be recorded as a failure of that row alone.
+#[derive(Debug, Clone)]
+pub enum Claimed {
+    Row(OutboxRow),
+    Defect(RowDefect),
+}
+
+/// A claimed row that cannot be read; `error` names the column.
+#[derive(Debug, Clone)]
+pub struct RowDefect {
+    pub id: RowId,
+    pub attempts: i32,
+    pub error: String,
+}
+
+impl Claimed {
+    /// Decodes one row of the claim statement (see `sql::CLAIM` for the
+    /// columns). Values are never trusted: a NULL or unreadable value makes
+    /// this row a [`RowDefect`]; only a column of the wrong *type* (the
+    /// table was altered) fails the whole claim, since it fails every row.
+    pub(super) fn decode(row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        let id: i64 = typed(row, 0, "id", "bigint")?;
+        let attempts: Option<i32> = typed(row, 8, "attempts", "integer")?;
+        let attempts = attempts.unwrap_or(0);
+        let message_id: Option<uuid::Uuid> = typed(row, 1, "message_id", "uuid")?;
+        let exchange: Option<String> = typed(row, 2, "exchange", "text")?;
+        let routing_key: Option<String> = typed(row, 3, "routing_key", "text")?;
+        let payload: Option<Vec<u8>> = typed(row, 4, "payload", "bytea")?;
+        let payload_len: Option<i64> = typed(row, 5, "payload", "bytea")?;
+        let content_type: Option<String> = typed(row, 6, "content_type", "text")?;
+        let headers: Option<String> = typed(row, 7, "headers", "jsonb")?;
+        let created_epoch: Option<i64> = typed(row, 9, "created_at", "timestamptz")?;
+        let defect = |error: String| {
+            Ok(Self::Defect(RowDefect {
+                id: RowId(id),
+                attempts,
+                error,
+            }))
+        };
+        let nulls = [
+            (message_id.is_none(), "message_id"),
+            (exchange.is_none(), "exchange"),
+            (routing_key.is_none(), "routing_key"),
+            (payload_len.is_none(), "payload"),
+        ];
+        let (Some(message_id), Some(exchange), Some(routing_key), Some(payload_len)) =
+            (message_id, exchange, routing_key, payload_len)
+        else {
+            let column = nulls
+                .into_iter()
+                .find_map(|(null, name)| null.then_some(name))
+                .unwrap_or("?");
+            return defect(format!("column {column} is NULL"));
+        };
+        let headers = match headers.as_deref().map(serde_json::from_str) {
+            None => serde_json::Value::Object(serde_json::Map::new()),
+            Some(Ok(value)) => value,
+            Some(Err(e)) => return defect(format!("column headers cannot be read: {e}")),
+        };
+        Ok(Self::Row(OutboxRow {
+            id: RowId(id),
+            message_id: MessageId(message_id),
+            exchange,
+            routing_key,
+            payload,
+            payload_len: usize::try_from(payload_len).unwrap_or(usize::MAX),
+            content_type,
+            headers,
+            attempts,
+            created_epoch,
+        }))
     }
+}
+
+/// Reads column `index` as `T`; a type mismatch is a schema fault.
+fn typed<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    index: usize,
+    column: &'static str,
+    expected: &'static str,
+) -> Result<T, StoreError> {
+    row.try_get(index).map_err(|e| StoreError::Schema {
+        column,
+        expected,
+        reason: e.to_string(),
+    })
 }
 
 /// A message to insert (CLI `send`, gRPC ingress).

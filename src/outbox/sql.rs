@@ -10,14 +10,35 @@ use super::Identifier;
 /// Pending rows due now, oldest first, locked for this transaction only.
 /// `SKIP LOCKED` lets several relays (or workers) claim disjoint batches
 /// without waiting on each other (invariant 5).
-const CLAIM: &str =
-    "SELECT id, message_id, exchange, routing_key, payload, content_type, headers, attempts,
-       extract(epoch FROM created_at)::bigint
-FROM {table}
-WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED";
+///
+/// It cannot fail on one row's values (invariant 8): headers come as text
+/// (decoded per row by the relay), and an infinite `created_at` gives a
+/// NULL timestamp instead of a failed cast. Payloads are loaded only while
+/// they fit (invariant 10): `$2` is `--max-message-size`, `$3` the batch's
+/// byte budget; a row above `$3` is loaded alone later, and rows past the
+/// budget come without payload and stay pending for the next claim.
+/// `octet_length` reads a TOASTed payload's size without detoasting it.
+const CLAIM: &str = "SELECT id, message_id, exchange, routing_key,
+       CASE WHEN len <= $2 AND len <= $3 AND budget <= $3 THEN payload END,
+       len, content_type, headers::text, attempts, created_epoch
+FROM (
+    SELECT *, sum(CASE WHEN len <= $3 THEN len ELSE 0 END) OVER (ORDER BY id) AS budget
+    FROM (
+        SELECT id, message_id, exchange, routing_key, payload,
+               octet_length(payload)::bigint AS len, content_type, headers, attempts,
+               CASE WHEN isfinite(created_at)
+                    THEN extract(epoch FROM created_at)::bigint END AS created_epoch
+        FROM {table}
+        WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()
+        ORDER BY id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) AS claimed
+) AS sized
+ORDER BY id";
+
+/// One large payload, read under the claim that holds its row.
+const LOAD_PAYLOAD: &str = "SELECT payload FROM {table} WHERE id = $1";
 
 /// `--on-sent mark`: confirmed rows leave the pending set but stay visible.
 /// `statement_timestamp()`, not `now()`: the claiming transaction began
@@ -31,7 +52,7 @@ const DELETE_SENT: &str = "DELETE FROM {table} WHERE id = ANY($1::bigint[])";
 /// One statement for every failed row of a batch: attempts, error, backoff on
 /// the database's clock, and the dead-letter decision made by the caller.
 const RECORD_FAILURES: &str = "UPDATE {table} AS o
-SET attempts = o.attempts + 1,
+SET attempts = COALESCE(o.attempts, 0) + 1,
     last_error = f.error,
     available_at = now() + f.delay_ms * interval '1 millisecond',
     dead_at = CASE WHEN f.dead THEN now() END
@@ -79,6 +100,7 @@ RETURNING id";
 pub struct Statements {
     pub table: String,
     pub claim: String,
+    pub load_payload: String,
     pub mark_sent: String,
     pub delete_sent: String,
     pub record_failures: String,
@@ -96,6 +118,7 @@ impl Statements {
         let render = |template: &str| template.replace("{table}", &table);
         Self {
             claim: render(CLAIM),
+            load_payload: render(LOAD_PAYLOAD),
             mark_sent: render(MARK_SENT),
             delete_sent: render(DELETE_SENT),
             record_failures: render(RECORD_FAILURES),

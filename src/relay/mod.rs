@@ -7,9 +7,14 @@
 //!   commit, the rows stay pending and are published again (at-least-once);
 //! - the broker is reached *before* rows are claimed, so an unreachable broker
 //!   claims nothing;
-//! - every failed row gets attempts + 1, `last_error` and a backoff; a row
-//!   reaching `max_attempts` is dead-lettered, except for connection losses,
-//!   which are the broker's fault and never dead-letter a message (invariant 3);
+//! - a row is the unit of failure (invariants 3 and 8): whatever it holds
+//!   (unreadable values, a payload or headers too big for the broker, an
+//!   exchange that is missing or refuses it) fails alone with attempts + 1,
+//!   `last_error` and a backoff, and is dead-lettered at `max_attempts`;
+//!   connection losses are the broker's fault and never dead-letter;
+//! - memory is bounded by configuration (invariant 10): the claim loads at
+//!   most `batch_bytes` of payload, and a larger row is loaded alone, one at
+//!   a time per relay (the large-message lane);
 //! - the batch is bounded in time by the confirm timeout, and the database
 //!   kills a session idle in transaction beyond the claim bound (invariant 4).
 
@@ -19,26 +24,29 @@ mod worker;
 
 pub use backoff::{Backoff, ErrorBackoff};
 pub use purge::run_purger;
-pub use worker::{WorkerOptions, run_worker};
+pub use worker::{Shared, WorkerOptions, run_worker, supervise};
 
-use crate::amqp::publish::Outgoing;
+use crate::amqp::publish::{Outgoing, refused_exchange};
 use crate::amqp::{
-    Broker, BrokerError, EncodeError, ExchangeState, PublishError, Publisher, encode,
+    Broker, BrokerError, EncodeError, Encoded, ExchangeState, PublishError, Publisher, encode,
 };
-use crate::outbox::{Failure, OnSent, Outbox, OutboxRow, StoreError};
+use crate::outbox::{Claim, ClaimLimits, Claimed, Failure, OnSent, Outbox, OutboxRow, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Tunables of the relay step.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub batch_size: usize,
+    /// Payload bytes one claim loads (`--batch-max-bytes`).
+    pub batch_bytes: usize,
     pub confirm_timeout: Duration,
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub on_sent: OnSent,
-    /// Largest payload published; larger rows fail as unencodable.
+    /// Largest payload published; larger rows fail without being loaded.
     pub max_message_size: usize,
 }
 
@@ -71,25 +79,24 @@ pub enum RelayError {
     Broker(#[from] BrokerError),
 }
 
-impl From<tokio_postgres::Error> for RelayError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for RelayError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Store(e.into())
+impl RelayError {
+    /// See [`StoreError::is_systemic`].
+    pub fn is_systemic(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_systemic())
     }
 }
 
 /// Why one row was not sent this time.
 #[derive(Debug, thiserror::Error)]
-enum RowFailure {
+pub enum RowFailure {
+    #[error("the row cannot be read: {0}")]
+    Decode(String),
     #[error("cannot encode the row as an AMQP message: {0}")]
     Encode(#[from] EncodeError),
     #[error("exchange {0:?} does not exist")]
     ExchangeMissing(String),
+    #[error("the broker refuses messages for exchange {exchange:?}: {reason}")]
+    ExchangeRefused { exchange: String, reason: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
@@ -101,21 +108,37 @@ impl RowFailure {
     }
 }
 
+/// What became of one claimed row.
+enum Fate {
+    Sent,
+    Failed(RowFailure),
+    /// Beyond the claim's byte budget: left pending, untouched, for the next.
+    Later,
+}
+
 /// One worker's relay: its own channel, sharing the pool and the connection.
 pub struct Relay {
     outbox: Outbox,
     broker: Arc<Broker>,
     settings: RelaySettings,
     publisher: Option<Publisher>,
+    /// Shared by a relay's workers: one large payload loaded at a time.
+    large_lane: Arc<Semaphore>,
 }
 
 impl Relay {
-    pub fn new(outbox: Outbox, broker: Arc<Broker>, settings: RelaySettings) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        broker: Arc<Broker>,
+        settings: RelaySettings,
+        large_lane: Arc<Semaphore>,
+    ) -> Self {
         Self {
             outbox,
             broker,
             settings,
             publisher: None,
+            large_lane,
         }
     }
 
@@ -127,31 +150,31 @@ impl Relay {
     pub async fn relay_batch(&mut self) -> Result<Outcome, RelayError> {
         self.ensure_publisher().await?;
         let started = Instant::now();
-        let mut client = self.outbox.pool().get().await?;
-        let tx = client.transaction().await?;
-        let rows = self
+        let claim = self
             .outbox
-            .claim(&tx, self.settings.batch_size as i64)
+            .claim(&ClaimLimits {
+                rows: self.settings.batch_size,
+                max_payload: self.settings.max_message_size,
+                batch_bytes: self.settings.batch_bytes,
+            })
             .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
+        if claim.is_empty() {
+            claim.finish(&[], self.settings.on_sent, &[]).await?;
             return Ok(Outcome::Empty);
         }
         kill_point!("relay_after_claim");
         let claimed = Instant::now();
-        let results = self.publish(&rows).await?;
+        let fates = self.publish(&claim).await?;
         kill_point!("relay_after_confirm");
         let published = Instant::now();
-        let (sent, failures) = self.sort_results(&rows, results);
-        self.outbox
-            .complete(&tx, &sent, self.settings.on_sent)
+        let (sent, failures) = self.sort_results(&claim.rows, fates);
+        let count = claim.rows.len();
+        claim
+            .finish(&sent, self.settings.on_sent, &failures)
             .await?;
-        self.outbox.record_failures(&tx, &failures).await?;
-        kill_point!("relay_before_commit");
-        tx.commit().await?;
         let dead = failures.iter().filter(|f| f.dead).count();
         Ok(Outcome::Relayed(BatchReport {
-            claimed: rows.len(),
+            claimed: count,
             sent: sent.len(),
             retried: failures.len() - dead,
             dead,
@@ -178,88 +201,170 @@ impl Relay {
         Ok(())
     }
 
-    /// Encodes, checks exchanges, publishes; one result per row.
-    async fn publish(
-        &mut self,
-        rows: &[OutboxRow],
-    ) -> Result<Vec<Result<(), RowFailure>>, RelayError> {
-        let mut results: Vec<Result<(), RowFailure>> = Vec::with_capacity(rows.len());
-        let mut outgoing = Vec::with_capacity(rows.len());
-        let mut slots = Vec::with_capacity(rows.len());
+    /// Encodes, checks exchanges, publishes; one fate per claimed row.
+    async fn publish(&mut self, claim: &Claim) -> Result<Vec<Fate>, RelayError> {
+        let limits = self.broker.limits(self.settings.max_message_size);
+        let mut fates: Vec<Fate> = Vec::with_capacity(claim.rows.len());
+        let mut ready = Vec::with_capacity(claim.rows.len());
+        let mut large = Vec::new();
         let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
-        for (index, row) in rows.iter().enumerate() {
-            results.push(Ok(()));
-            let envelope = match encode(row, self.settings.max_message_size) {
-                Ok(envelope) => envelope,
-                Err(e) => {
-                    results[index] = Err(e.into());
+        for (index, claimed) in claim.rows.iter().enumerate() {
+            fates.push(Fate::Sent);
+            let row = match claimed {
+                Claimed::Row(row) => row,
+                Claimed::Defect(defect) => {
+                    fates[index] = Fate::Failed(RowFailure::Decode(defect.error.clone()));
                     continue;
                 }
             };
-            let state = match exchanges.get(row.exchange.as_str()) {
-                Some(state) => *state,
-                None => {
-                    let state = self.broker.exchange_state(&row.exchange).await?;
-                    exchanges.insert(&row.exchange, state);
-                    state
+            let envelope = match self.check(row, limits, &mut exchanges).await? {
+                Ok(envelope) => envelope,
+                Err(failure) => {
+                    fates[index] = Fate::Failed(failure);
+                    continue;
                 }
             };
-            if state == ExchangeState::Missing {
-                results[index] = Err(RowFailure::ExchangeMissing(row.exchange.clone()));
-                continue;
+            match &row.payload {
+                Some(payload) => ready.push((index, payload.as_slice(), row, envelope)),
+                None if row.payload_len > self.settings.batch_bytes => {
+                    large.push((index, row, envelope));
+                }
+                None => fates[index] = Fate::Later,
             }
-            outgoing.push(Outgoing {
-                payload: &row.payload,
-                envelope,
-            });
-            slots.push(index);
         }
-        if outgoing.is_empty() {
-            return Ok(results);
+        self.publish_rows(ready, &mut fates).await;
+        for (index, row, envelope) in large {
+            // One large payload in memory per relay at a time (invariant 10).
+            let _lane = self.large_lane.clone().acquire_owned().await;
+            let Some(payload) = claim.load_payload(row.id).await? else {
+                fates[index] = Fate::Later;
+                continue;
+            };
+            self.ensure_publisher().await?;
+            self.publish_rows(vec![(index, &payload, row, envelope)], &mut fates)
+                .await;
         }
-        let publisher = self.publisher.as_ref().expect("ensured before claiming");
+        Ok(fates)
+    }
+
+    /// Everything that can fail a row before it is sent: its encoding and
+    /// its exchange.
+    async fn check<'a>(
+        &self,
+        row: &'a OutboxRow,
+        limits: crate::amqp::Limits,
+        exchanges: &mut HashMap<&'a str, ExchangeState>,
+    ) -> Result<Result<Encoded, RowFailure>, BrokerError> {
+        let envelope = match encode(row, limits) {
+            Ok(envelope) => envelope,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let state = match exchanges.get(row.exchange.as_str()) {
+            Some(state) => state.clone(),
+            None => {
+                let state = self.broker.exchange_state(&row.exchange).await?;
+                exchanges.insert(&row.exchange, state.clone());
+                state
+            }
+        };
+        Ok(match state {
+            ExchangeState::Exists => Ok(envelope),
+            ExchangeState::Missing => Err(RowFailure::ExchangeMissing(row.exchange.clone())),
+            ExchangeState::Refused(reason) => Err(RowFailure::ExchangeRefused {
+                exchange: row.exchange.clone(),
+                reason: reason.to_string(),
+            }),
+        })
+    }
+
+    /// Publishes `rows` on this worker's channel and records each fate. A
+    /// channel closed by the broker over one exchange fails the rows of that
+    /// exchange (counted toward dead-lettering) and only delays the others.
+    async fn publish_rows(
+        &mut self,
+        rows: Vec<(usize, &[u8], &OutboxRow, Encoded)>,
+        fates: &mut [Fate],
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let Some(publisher) = self.publisher.as_ref() else {
+            for (index, ..) in rows {
+                fates[index] = Fate::Failed(RowFailure::Publish(PublishError::NotConfirmed));
+            }
+            return;
+        };
+        let mut slots = Vec::with_capacity(rows.len());
+        let mut outgoing = Vec::with_capacity(rows.len());
+        for (index, payload, row, envelope) in rows {
+            slots.push((index, row));
+            outgoing.push(Outgoing { payload, envelope });
+        }
         let confirms = publisher
             .publish_batch(outgoing, self.settings.confirm_timeout)
             .await;
         let mut broken = false;
-        for (slot, confirm) in slots.into_iter().zip(confirms) {
-            if let Err(e) = confirm {
-                broken |= e.breaks_channel();
-                results[slot] = Err(e.into());
+        let mut refused: Option<(String, String)> = None;
+        for ((index, row), confirm) in slots.into_iter().zip(confirms) {
+            let Err(e) = confirm else { continue };
+            broken |= e.breaks_channel();
+            if refused.is_none() {
+                refused = refused_exchange(&e);
             }
+            fates[index] = match &refused {
+                Some((exchange, reason)) if *exchange == row.exchange => {
+                    Fate::Failed(RowFailure::ExchangeRefused {
+                        exchange: exchange.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                _ => Fate::Failed(e.into()),
+            };
         }
-        if broken {
+        if broken || refused.is_some() {
             self.publisher = None;
             self.broker.forget_exchanges();
         }
-        Ok(results)
+        if let Some((exchange, reason)) = refused {
+            tracing::warn!(
+                exchange,
+                reason,
+                "the broker closed the channel over an exchange; its rows fail, the others retry"
+            );
+            self.broker.refuse_exchange(&exchange, &reason);
+        }
     }
 
     /// Splits a batch into confirmed ids and failure records.
-    fn sort_results(
-        &self,
-        rows: &[OutboxRow],
-        results: Vec<Result<(), RowFailure>>,
-    ) -> (Vec<i64>, Vec<Failure>) {
+    fn sort_results(&self, rows: &[Claimed], fates: Vec<Fate>) -> (Vec<i64>, Vec<Failure>) {
         let mut sent = Vec::with_capacity(rows.len());
         let mut failures = Vec::new();
-        for (row, result) in rows.iter().zip(results) {
-            let Err(failure) = result else {
-                sent.push(row.id.0);
-                continue;
+        for (claimed, fate) in rows.iter().zip(fates) {
+            let (id, attempts, message_id) = match claimed {
+                Claimed::Row(row) => (row.id, row.attempts, Some(row.message_id)),
+                Claimed::Defect(d) => (d.id, d.attempts, None),
             };
-            let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+            let failure = match fate {
+                Fate::Sent => {
+                    sent.push(id.0);
+                    continue;
+                }
+                Fate::Later => continue,
+                Fate::Failed(failure) => failure,
+            };
+            let attempt = u32::try_from(attempts).unwrap_or(0).saturating_add(1);
             let dead = failure.counts_toward_dead_letter() && attempt >= self.settings.max_attempts;
             let error = failure.to_string();
+            let message_id = message_id.map(|m| m.to_string());
             if dead {
-                tracing::error!(id = %row.id, message_id = %row.message_id, attempt, error = %error,
+                tracing::error!(%id, message_id, attempt, error = %error,
                     "message dead-lettered: it stays in the table; `outbox-relay replay` retries it");
             } else {
-                tracing::warn!(id = %row.id, message_id = %row.message_id, attempt, error = %error,
+                tracing::warn!(%id, message_id, attempt, error = %error,
                     "message not confirmed; will retry");
             }
             failures.push(Failure {
-                id: row.id,
+                id,
                 error,
                 delay: self.settings.backoff.delay_random(attempt),
                 dead,

@@ -1,16 +1,29 @@
 //! The loop around [`Relay::relay_batch`]: adaptive polling, wake-ups,
-//! backoff after infrastructure errors, and cooperative shutdown.
+//! backoff after infrastructure errors, systemic-fault pauses, a supervisor
+//! that restarts a panicked worker, and cooperative shutdown.
 //!
 //! Cancellation is checked between batches only (invariant 6): a batch that
 //! has started is finished — published, confirmed and marked — before the
 //! worker exits. Each step is bounded by `step_timeout` so that a hung
 //! dependency cannot hold a claim forever (invariant 4).
+//!
+//! A systemic fault (invariant 9: a missing privilege, a read-only database,
+//! a missing column) pauses *every* worker of the relay, with a backoff that
+//! grows to [`SYSTEMIC_BACKOFF_MAX`]: a batch that was published but could
+//! not be marked is published again at most once per pause, not in a loop.
+//! The fault is logged once a minute with its fix, and reported to
+//! [`Health`] until a step succeeds again.
 
-use super::{ErrorBackoff, Outcome, Relay};
-use std::sync::Arc;
+use super::{ErrorBackoff, Outcome, Relay, RelayError};
+use crate::health::Health;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Longest pause after a systemic fault.
+pub const SYSTEMIC_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Timing of one worker.
 #[derive(Debug, Clone)]
@@ -23,38 +36,149 @@ pub struct WorkerOptions {
     pub error_backoff_max: Duration,
 }
 
+/// What the workers of one relay share.
+#[derive(Clone)]
+pub struct Shared {
+    pub health: Arc<Health>,
+    pub wake: Arc<Notify>,
+    /// Until when every worker holds off after a systemic fault, and the
+    /// backoff that grows while the fault persists, whichever worker meets it.
+    pause: Arc<Mutex<(Option<Instant>, ErrorBackoff)>>,
+}
+
+impl Shared {
+    pub fn new(health: Arc<Health>, wake: Arc<Notify>) -> Self {
+        Self {
+            health,
+            wake,
+            pause: Arc::new(Mutex::new((
+                None,
+                ErrorBackoff::new(Duration::from_secs(1), SYSTEMIC_BACKOFF_MAX),
+            ))),
+        }
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        let until = self.pause.lock().expect("poisoned").0;
+        until.filter(|at| *at > Instant::now())
+    }
+
+    /// Pauses every worker for the next step of the shared backoff.
+    fn pause(&self) -> Duration {
+        let mut pause = self.pause.lock().expect("poisoned");
+        let delay = pause.1.next_delay();
+        pause.0 = Some(Instant::now() + delay);
+        delay
+    }
+
+    fn reset_pause(&self) {
+        self.pause.lock().expect("poisoned").1.reset();
+    }
+}
+
+/// Runs a worker until `stop`, restarting it with a fresh [`Relay`] from
+/// `make` when it panics (counted, logged, reported to health meanwhile).
+pub async fn supervise(
+    make: impl Fn() -> Relay + Send + 'static,
+    worker: usize,
+    options: WorkerOptions,
+    shared: Shared,
+    stop: CancellationToken,
+) {
+    let mut restarts = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let run = tokio::spawn(run_worker(
+            make(),
+            worker,
+            options.clone(),
+            shared.clone(),
+            stop.clone(),
+        ));
+        let panic = match run.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => panic_message(e.into_panic()),
+            Err(e) => e.to_string(),
+        };
+        shared.health.set_down(worker, Some(panic.clone()));
+        let retry_in = restarts.next_delay();
+        tracing::error!(
+            worker,
+            panic,
+            restarts = shared.health.restarts(),
+            ?retry_in,
+            "relay worker panicked; its claim was released, restarting it"
+        );
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(retry_in) => {}
+        }
+        shared.health.set_down(worker, None);
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(text) => *text,
+        Err(panic) => panic.downcast_ref::<&str>().map_or_else(
+            || "a panic without a message".to_owned(),
+            |s| (*s).to_owned(),
+        ),
+    }
+}
+
 /// Runs `relay` until `stop` is cancelled.
 pub async fn run_worker(
     mut relay: Relay,
     worker: usize,
     options: WorkerOptions,
-    wake: Arc<Notify>,
+    shared: Shared,
     stop: CancellationToken,
 ) {
     let mut errors = ErrorBackoff::new(Duration::from_millis(100), options.error_backoff_max);
     let mut healthy = true;
     while !stop.is_cancelled() {
-        let step = tokio::time::timeout(options.step_timeout, relay.relay_batch()).await;
-        let pause = match step {
-            Ok(Ok(Outcome::Relayed(report))) => {
-                recovered(&mut healthy, &mut errors, worker);
-                tracing::debug!(
-                    worker,
-                    claimed = report.claimed,
-                    sent = report.sent,
-                    retried = report.retried,
-                    dead = report.dead,
-                    claim = ?report.timings[0],
-                    publish = ?report.timings[1],
-                    mark = ?report.timings[2],
-                    "batch relayed"
-                );
-                // More may be due: claim again at once.
-                continue;
+        if let Some(until) = shared.paused_until() {
+            shared.health.beat(worker);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(until) => {}
             }
-            Ok(Ok(Outcome::Empty)) => {
-                recovered(&mut healthy, &mut errors, worker);
-                idle_wait(options.poll_interval)
+            continue;
+        }
+        fail_point_block();
+        let step = tokio::time::timeout(options.step_timeout, relay.relay_batch()).await;
+        shared.health.beat(worker);
+        let pause = match step {
+            Ok(Ok(outcome)) => {
+                // Only a batch that was marked and committed proves a fault
+                // gone: an empty claim succeeds under a missing DELETE grant.
+                let proven = matches!(outcome, Outcome::Relayed(_));
+                if proven && shared.health.clear_faults() {
+                    shared.health.reset_fault_log();
+                    shared.reset_pause();
+                }
+                if !healthy {
+                    tracing::info!(worker, "relay step succeeded again");
+                }
+                healthy = true;
+                errors.reset();
+                match outcome {
+                    Outcome::Relayed(report) => {
+                        tracing::debug!(worker, claimed = report.claimed, sent = report.sent,
+                            retried = report.retried, dead = report.dead,
+                            claim = ?report.timings[0], publish = ?report.timings[1],
+                            mark = ?report.timings[2], "batch relayed");
+                        // More may be due: claim again at once.
+                        continue;
+                    }
+                    Outcome::Empty => idle_wait(options.poll_interval),
+                }
+            }
+            Ok(Err(e)) if e.is_systemic() => {
+                let delay = shared.pause();
+                on_systemic_fault(&shared, worker, &e, delay);
+                healthy = false;
+                continue;
             }
             Ok(Err(e)) => {
                 let delay = errors.next_delay();
@@ -78,11 +202,34 @@ pub async fn run_worker(
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
-            () = wake.notified() => {}
+            () = shared.wake.notified() => {}
         }
     }
     relay.close().await;
     tracing::debug!(worker, "worker stopped");
+}
+
+/// Reports a systemic fault to health, and logs it once a minute with its fix.
+fn on_systemic_fault(shared: &Shared, worker: usize, error: &RelayError, pause: Duration) {
+    let fix = match error {
+        RelayError::Store(e) => e.fix(),
+        RelayError::Broker(_) => "check the broker",
+    };
+    shared
+        .health
+        .set_fault(worker, Some(format!("{error}; fix: {fix}")));
+    if shared.health.should_log_fault() {
+        tracing::error!(worker, error = %error, fix, ?pause,
+            "relaying is paused by a fault that retrying cannot cure; \
+             every worker holds off and health reports NOT_SERVING until it is fixed");
+    }
+}
+
+/// The fault suite's way to wedge or panic a worker: `FAILPOINTS` set to
+/// `relay_worker_loop=panic` or `relay_worker_loop=sleep(60000)`.
+fn fail_point_block() {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("relay_worker_loop");
 }
 
 /// A random 50-100% of the poll interval: the workers' idle polls drift
@@ -90,12 +237,4 @@ pub async fn run_worker(
 /// any worker (about `poll / concurrency`), never longer than `poll`.
 fn idle_wait(poll: Duration) -> Duration {
     poll.mul_f64(0.5 + 0.5 * fastrand::f64())
-}
-
-fn recovered(healthy: &mut bool, errors: &mut ErrorBackoff, worker: usize) {
-    if !*healthy {
-        tracing::info!(worker, "relay step succeeded again");
-        *healthy = true;
-    }
-    errors.reset();
 }

@@ -284,6 +284,8 @@ where
 /// A relay running in this process.
 pub struct Running {
     pub stop: CancellationToken,
+    /// The workers' health, as the probes see it.
+    pub health: std::sync::Arc<outbox_relay::health::Health>,
     /// The gRPC ingress's address, when it listens.
     pub grpc: Option<std::net::SocketAddr>,
     handle: JoinHandle<anyhow::Result<()>>,
@@ -293,9 +295,15 @@ impl Running {
     pub async fn start(args: RunArgs) -> Self {
         let app = App::build(args).await.expect("app builds");
         let grpc = app.grpc_addr();
+        let health = app.health().clone();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-        Self { stop, grpc, handle }
+        Self {
+            stop,
+            health,
+            grpc,
+            handle,
+        }
     }
 
     /// `http://<grpc address>`, for a tonic client.

@@ -10,6 +10,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod hostile;
 mod input;
 mod ledger;
 mod report;
@@ -35,6 +36,16 @@ struct RelayChild(std::process::Child);
 
 impl RelayChild {
     fn spawn(env: &TestEnv, extra: &[&str], failpoints: Option<&str>) -> Self {
+        let stderr = if std::env::var_os("TEST_LOG").is_none() {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        };
+        Self::spawn_with(env, extra, failpoints, stderr)
+    }
+
+    /// Like `spawn`, with the child's stderr going to `stderr`.
+    fn spawn_with(env: &TestEnv, extra: &[&str], failpoints: Option<&str>, stderr: Stdio) -> Self {
         let mut cmd = Command::new(BIN);
         for (key, _) in std::env::vars() {
             if key.starts_with("OUTBOX_") || key == "FAILPOINTS" {
@@ -59,10 +70,8 @@ impl RelayChild {
             ])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if std::env::var_os("TEST_LOG").is_none() {
-            cmd.stderr(Stdio::null());
-        }
+            .stdout(Stdio::null())
+            .stderr(stderr);
         if let Some(fp) = failpoints {
             cmd.env("FAILPOINTS", fp);
         }

@@ -1,0 +1,148 @@
+//! The claim as an object: a transaction on its own pooled connection that
+//! holds locked rows until [`Claim::finish`] marks, records and commits.
+//!
+//! Invariants owned here:
+//! - rows are marked sent (or deleted) only by `finish`, in the transaction
+//!   that locked them (invariant 1);
+//! - a claim that is dropped unfinished (an error, a step abandoned at its
+//!   deadline, a panic) closes its connection instead of returning it to the
+//!   pool mid-transaction: the server rolls back and the rows are free at
+//!   once (invariant 4).
+
+use super::{Claimed, Failure, OnSent, Outbox, StoreError};
+use deadpool_postgres::Object;
+use std::sync::Arc;
+
+/// How much one claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    pub rows: usize,
+    /// Payloads above this are never loaded (`--max-message-size`).
+    pub max_payload: usize,
+    /// Payloads loaded by the claim add up to at most this
+    /// (`--batch-max-bytes`); a single larger row is loaded on its own.
+    pub batch_bytes: usize,
+}
+
+/// Rows locked by one open transaction.
+pub struct Claim {
+    client: Option<Object>,
+    statements: Arc<super::Statements>,
+    pub rows: Vec<Claimed>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("rows", &self.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens a transaction and locks up to `limits.rows` due rows.
+    pub async fn claim(&self, limits: &ClaimLimits) -> Result<Claim, StoreError> {
+        let client = self.pool.get().await?;
+        let mut claim = Claim {
+            client: Some(client),
+            statements: self.sql.clone(),
+            rows: Vec::new(),
+        };
+        let client = claim.client();
+        let stmt = client.prepare_cached(&claim.statements.claim).await?;
+        client.batch_execute("BEGIN").await?;
+        let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &to_i64(limits.rows),
+                    &to_i64(limits.max_payload),
+                    &to_i64(limits.batch_bytes),
+                ],
+            )
+            .await?;
+        claim.rows = rows.iter().map(Claimed::decode).collect::<Result<_, _>>()?;
+        Ok(claim)
+    }
+}
+
+impl Claim {
+    fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("a claim is used only until finished")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Reads one payload the claim left unloaded (a row above the batch's
+    /// byte budget), under this claim's lock. `None` if the row is gone.
+    pub async fn load_payload(&self, id: super::RowId) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client();
+        let stmt = client.prepare_cached(&self.statements.load_payload).await?;
+        let row = client.query_opt(&stmt, &[&id.0]).await?;
+        Ok(match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        })
+    }
+
+    /// Marks (or deletes) the confirmed rows, records the failures and
+    /// commits. Rows in neither list stay pending, unchanged.
+    pub async fn finish(
+        mut self,
+        sent: &[i64],
+        on_sent: OnSent,
+        failures: &[Failure],
+    ) -> Result<(), StoreError> {
+        let client = self.client();
+        if !sent.is_empty() {
+            let sql = match on_sent {
+                OnSent::Mark => &self.statements.mark_sent,
+                OnSent::Delete => &self.statements.delete_sent,
+            };
+            let stmt = client.prepare_cached(sql).await?;
+            client.execute(&stmt, &[&sent]).await?;
+        }
+        if !failures.is_empty() {
+            record_failures(client, &self.statements.record_failures, failures).await?;
+        }
+        kill_point!("relay_before_commit");
+        client.batch_execute("COMMIT").await?;
+        // Committed: the connection is clean and goes back to the pool.
+        self.client.take();
+        Ok(())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Mid-transaction: never reuse it. Dropping the connection makes
+            // the server roll back and release the rows now.
+            drop(Object::take(client));
+        }
+    }
+}
+
+/// Records failed attempts of a batch in one statement.
+async fn record_failures(
+    client: &Object,
+    sql: &str,
+    failures: &[Failure],
+) -> Result<u64, StoreError> {
+    let ids: Vec<i64> = failures.iter().map(|f| f.id.0).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let delays: Vec<f64> = failures
+        .iter()
+        .map(|f| f.delay.as_secs_f64() * 1000.0)
+        .collect();
+    let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client
+        .execute(&stmt, &[&ids, &errors, &delays, &dead])
+        .await?)
+}
