@@ -89,10 +89,13 @@ const DESCRIBE_COLUMNS: &str = "id, message_id, exchange, routing_key, content_t
     length(payload)::bigint, attempts, last_error,
     created_at::text, available_at::text, sent_at::text, dead_at::text";
 
-/// Dead-lettered rows become pending again with a fresh attempt budget.
+/// Dead-lettered rows become pending again with a fresh attempt budget. A
+/// row that was sent (a dead row sent by hand, or marked by an operator) is
+/// not replayed and not listed.
 const REPLAY: &str = "UPDATE {table}
 SET dead_at = NULL, attempts = 0, available_at = now()
-WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+WHERE dead_at IS NOT NULL AND sent_at IS NULL
+  AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
 RETURNING id";
 
 /// The rendered statements for one outbox table.
@@ -129,7 +132,7 @@ impl Statements {
                 "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE message_id = $1 OR id = $2"
             ),
             list_dead: format!(
-                "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE dead_at IS NOT NULL ORDER BY id LIMIT $1"
+                "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE dead_at IS NOT NULL AND sent_at IS NULL ORDER BY id LIMIT $1"
             ),
             replay: render(REPLAY),
             table,

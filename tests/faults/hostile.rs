@@ -654,3 +654,32 @@ fn any_jsonb_headers_and_any_timestamp_publish_or_fail_alone() {
         .unwrap();
     runtime.block_on(env.drop_schema());
 }
+
+#[tokio::test]
+async fn replay_leaves_and_does_not_list_rows_that_were_sent() {
+    let env = TestEnv::new("replay_sent").await;
+    let sql = format!(
+        "INSERT INTO {} (routing_key, payload, sent_at, dead_at) VALUES ($1, 'p', now(), now()), ($1, 'p', NULL, now()) RETURNING id",
+        env.table()
+    );
+    let ids: Vec<i64> = env
+        .pg
+        .query(&sql, &[&env.queue])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let out = Command::new(BIN)
+        .args(["replay", "--all", "--schema", &env.schema])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout.trim(),
+        format!("{{\"replayed\":[{}]}}", ids[1]),
+        "only the dead, unsent row"
+    );
+    env.drop_schema().await;
+}
