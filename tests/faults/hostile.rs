@@ -270,14 +270,12 @@ async fn a_read_only_database_is_logged_with_its_cause_and_fix_and_relaying_resu
         .await
         .unwrap();
     assert!(relay.alive());
-    let env_schema = run.env.schema.clone();
     run.verify(1, 0).await;
     assert!(terminate_within(relay, WITHIN).success());
     let pg = pg_client().await;
     let _ = pg
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))
         .await;
-    let _ = env_schema;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
