@@ -53,9 +53,10 @@ impl App {
     /// retrying, and rows wait in the table meanwhile.
     pub async fn build(args: RunArgs) -> anyhow::Result<Self> {
         args.validate()?;
-        let pg = relay_pg_config(&args);
+        warn_on_default_urls(&args);
         let pool = connect_pool(
-            pg,
+            relay_pg_config(&args),
+            args.db.database_url.tls(),
             PoolOptions {
                 max_size: args.concurrency.get() + 2,
                 timeout: SERVICE_TIMEOUT,
@@ -67,12 +68,10 @@ impl App {
             .ensure_table()
             .await
             .with_context(|| format!("checking the outbox table at {}", args.db.database_url))?;
-        let broker = Arc::new(Broker::new(
-            args.amqp.amqp_url.expose().to_owned(),
-            SERVICE_TIMEOUT,
-        ));
+        let broker = Arc::new(Broker::new(args.amqp.amqp_url.clone(), SERVICE_TIMEOUT));
         let ingress_pool = connect_pool(
             relay_pg_config(&args),
+            args.db.database_url.tls(),
             PoolOptions {
                 max_size: INGRESS_CONNECTIONS,
                 timeout: SERVICE_TIMEOUT,
@@ -152,6 +151,7 @@ impl App {
             },
             on_sent: self.args.on_sent,
             max_message_size: self.args.max_message_size,
+            claim_idle_timeout: step_timeout(&self.args) + IDLE_TX_MARGIN,
         }
     }
 
@@ -186,6 +186,7 @@ impl App {
         if self.args.wakeup == Wakeup::Listen {
             tracker.spawn(run_listener(
                 relay_pg_config(&self.args),
+                self.args.db.database_url.tls(),
                 self.args.db.schema.clone(),
                 self.wake.clone(),
                 stop.clone(),
@@ -248,9 +249,43 @@ pub fn step_timeout(args: &RunArgs) -> Duration {
     args.confirm_timeout + 2 * SERVICE_TIMEOUT
 }
 
-/// The relay's connection settings: bounded connects, TCP keepalives, and a
-/// server-side cap on idle-in-transaction time, so that even a relay that
-/// hangs cannot pin a claim, the xmin horizon or a pool slot (invariant 4).
+/// The built-in URLs (root@127.0.0.1, guest:guest) are a local quickstart:
+/// a relay that serves beyond loopback, or runs in Kubernetes, with one of
+/// them was most likely deployed without its Secret.
+fn warn_on_default_urls(args: &RunArgs) {
+    let beyond_loopback = match args.grpc.grpc_addr {
+        crate::config::GrpcListen::On(addr) => !addr.ip().is_loopback(),
+        crate::config::GrpcListen::Off => false,
+    };
+    if !(beyond_loopback || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()) {
+        return;
+    }
+    for (used, url, fix) in [
+        (
+            args.db.url_is_default(),
+            args.db.database_url.to_string(),
+            "OUTBOX_DATABASE_URL_FILE or OUTBOX_DATABASE_URL",
+        ),
+        (
+            args.amqp.url_is_default(),
+            args.amqp.amqp_url.to_string(),
+            "OUTBOX_AMQP_URL_FILE or OUTBOX_AMQP_URL",
+        ),
+    ] {
+        if used {
+            tracing::warn!(
+                url,
+                fix,
+                "using the built-in local quickstart URL outside a local setup; set the real one"
+            );
+        }
+    }
+}
+
+/// The relay's connection settings: bounded connects and TCP keepalives.
+/// Nothing is set at connect time (`options=-c ...`), which PgBouncer
+/// refuses: the claim sets what it needs with `SET LOCAL` in its own
+/// transaction (see `Outbox::claim`).
 fn relay_pg_config(args: &RunArgs) -> tokio_postgres::Config {
     let mut pg = args.db.database_url.config().clone();
     pg.connect_timeout(SERVICE_TIMEOUT);
@@ -259,20 +294,5 @@ fn relay_pg_config(args: &RunArgs) -> tokio_postgres::Config {
     if pg.get_application_name().is_none() {
         pg.application_name("outbox-relay");
     }
-    let idle_ms = (step_timeout(args) + IDLE_TX_MARGIN).as_millis();
-    // No sequential scans on the relay's connections. A prepared statement
-    // switches to a generic plan after five executions; on a fresh
-    // deployment that plan is fixed while the table is nearly empty, where a
-    // sequential scan is cheapest, and the mark (`id = ANY($1)`) then keeps
-    // scanning a table grown to millions of retained rows until an ANALYZE
-    // invalidates it. Every statement of the relay has an index path; this
-    // makes the planner take it whatever the table's size when planned,
-    // while keeping the generic plans (no planning per batch).
-    let bound = format!("-c idle_in_transaction_session_timeout={idle_ms} -c enable_seqscan=off");
-    let options = match pg.get_options() {
-        Some(existing) => format!("{existing} {bound}"),
-        None => bound,
-    };
-    pg.options(&options);
     pg
 }

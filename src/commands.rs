@@ -38,7 +38,7 @@ pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
     let mut pg = db.database_url.config().clone();
     pg.connect_timeout(TIMEOUT);
     let (mut client, connection) = pg
-        .connect(tokio_postgres::NoTls)
+        .connect(db.database_url.tls())
         .await
         .with_context(|| format!("connecting to {}", db.database_url))?;
     let driver = tokio::spawn(connection);
@@ -66,6 +66,7 @@ pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
 pub async fn open_outbox(db: &DbArgs) -> anyhow::Result<Outbox> {
     let pool = connect_pool(
         db.database_url.config().clone(),
+        db.database_url.tls(),
         PoolOptions {
             max_size: 2,
             timeout: TIMEOUT,
@@ -212,10 +213,7 @@ pub async fn tail_cmd(args: &TailArgs) -> anyhow::Result<()> {
 async fn open_channel(amqp: &AmqpArgs) -> anyhow::Result<lapin::Channel> {
     let conn = tokio::time::timeout(
         TIMEOUT,
-        lapin::Connection::connect(
-            amqp.amqp_url.expose(),
-            lapin::ConnectionProperties::default(),
-        ),
+        crate::amqp::connect(&amqp.amqp_url, lapin::ConnectionProperties::default()),
     )
     .await
     .with_context(|| format!("connecting to {} timed out", amqp.amqp_url))?

@@ -11,7 +11,8 @@
 //! | module | owns |
 //! |---|---|
 //! | `main.rs` | thin: parse CLI, start telemetry, dispatch the subcommand, map errors to exit codes |
-//! | [`config`] | clap derive; every flag also an `OUTBOX_*` env var; typed values; `validate()`; secrets redacted |
+//! | [`config`] | clap derive; every flag also an `OUTBOX_*` env var; typed values; `validate()`; secrets redacted; TLS parameters of the URLs |
+//! | [`tls`] | rustls client configurations (ring) for both services: roots, client certificates, verification modes |
 //! | [`telemetry`] | tracing subscriber (text or JSON) on a lossy background writer: logging never blocks or stops relaying |
 //! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
@@ -47,5 +48,6 @@ pub mod outbox;
 pub mod proto;
 pub mod relay;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::App;

@@ -2,6 +2,7 @@
 //! configuration errors, migrations.
 
 mod common;
+mod secure;
 
 use common::*;
 use std::process::{Command, Output, Stdio};
@@ -206,6 +207,29 @@ async fn the_password_never_appears_in_logs() {
     );
     assert!(!all.contains("hunter2"), "{all}");
     assert!(all.contains("***"), "the URL is shown redacted: {all}");
+    // At every log level, through a broker login that fails and one that
+    // works (the drivers' own trace output included).
+    for (password, level) in [
+        ("hunter2", "trace"),
+        ("guest", "trace"),
+        ("hunter2", "debug"),
+    ] {
+        let mut cmd = relay(&[
+            "tail",
+            "--queue",
+            "q_no_such_queue_for_secrets",
+            "--count",
+            "1",
+            "--amqp-url",
+            &format!("amqp://guest:{password}@127.0.0.1:5672/%2f"),
+        ]);
+        cmd.env("OUTBOX_LOG", level);
+        let out = output(cmd).await;
+        let all = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{all}");
+        assert!(!all.contains(&format!(":{password}@")), "{level}: {all}");
+        assert!(!all.contains("\\0guest\\0"), "no SASL response: {all}");
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 #   - starts a server that is down, and leaves a running one alone,
 #   - waits (with a deadline) until each one answers,
 #   - makes sure the role `root` and the database `test` exist and that
-#     postgres://root@127.0.0.1:5432/test connects (the relay's default URL).
+#     postgres://root@127.0.0.1:5432/test connects (the relay's default URL),
+#   - installs PgBouncer (the pooler test runs its own instance),
+#   - prepares TLS on both services for the TLS tests (tls.sh).
 # Idempotent: when everything is up it only checks, in well under a second.
 set -euo pipefail
 
@@ -117,6 +119,14 @@ ensure_rabbitmq() {
     || die "RabbitMQ is not ready; see /var/log/rabbitmq"
 }
 
+# PgBouncer for the pooler test (the test starts its own on a free port).
+ensure_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
+}
+
 ensure_postgres
 ensure_rabbitmq
-say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT are up"
+ensure_pgbouncer
+# Real TLS for both services (test CA, certificates, listeners): tls.sh.
+"$(dirname "$0")/tls.sh"
+say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT (TLS 5671) are up"

@@ -15,6 +15,7 @@ pub mod publish;
 pub use encode::{EncodeError, Encoded, Limits, encode, encode_new, headers_table, table_to_json};
 pub use publish::{PublishError, Publisher};
 
+use crate::config::AmqpUrl;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -24,6 +25,60 @@ use std::sync::Mutex as SyncMutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
+
+/// Opens a connection to `url`: plaintext for amqp, and for amqps TLS with
+/// the URL's own settings (`cacertfile`, `certfile`/`keyfile`, `verify`,
+/// `server_name_indication`), never falling back to plaintext: a server
+/// that does not answer the TLS handshake is a connection error.
+pub async fn connect(url: &AmqpUrl, options: ConnectionProperties) -> lapin::Result<Connection> {
+    let uri: lapin::uri::AMQPUri = url
+        .expose()
+        .parse()
+        .map_err(|_| std::io::Error::other("not a valid AMQP URL"))?;
+    let Some(tls) = url.tls() else {
+        // A TLS port answers a plaintext client with bytes that are not
+        // AMQP, or resets the connection.
+        return Connection::connect_uri(uri, options).await.map_err(|e| {
+            let maybe_tls = match e.kind() {
+                lapin::ErrorKind::ParsingError(_) => true,
+                lapin::ErrorKind::IOError(io) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ),
+                _ => false,
+            };
+            if maybe_tls {
+                lapin::Error::from(std::io::Error::other(format!(
+                    "{e} (if this port speaks TLS, use amqps://)"
+                )))
+            } else {
+                e
+            }
+        });
+    };
+    let connector = lapin::tcp::RustlsConnector::from(tls.config.clone());
+    let server_name = tls.server_name.clone();
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let (host, port) = (uri.authority.host.as_str(), uri.authority.port);
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host, port)).await?.collect();
+            let tcp = lapin::AsyncTcpStream::connect(&runtime, addrs).await?;
+            tcp.into_rustls(&connector, &server_name)
+                .await
+                .map_err(|e| {
+                    lapin::Error::from(std::io::Error::other(format!(
+                        "TLS handshake with {host}:{port} failed (is it a TLS port?): {e}"
+                    )))
+                })
+        },
+        options,
+    )
+    .await
+}
 
 /// Broker-level failures: the relay backs off and retries on all of them.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +107,7 @@ const DEFAULT_FRAME_MAX: u32 = 131_072;
 
 /// Shared connection to RabbitMQ; hands out confirm-mode channels.
 pub struct Broker {
-    url: String,
+    url: AmqpUrl,
     connect_timeout: Duration,
     connection: Mutex<Option<Connection>>,
     exchanges: SyncMutex<ExchangeCache>,
@@ -68,7 +123,7 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// `url` may hold a password: it is never logged or printed.
-    pub fn new(url: String, connect_timeout: Duration) -> Self {
+    pub fn new(url: AmqpUrl, connect_timeout: Duration) -> Self {
         Self {
             url,
             connect_timeout,
@@ -123,7 +178,7 @@ impl Broker {
         }
         let conn = tokio::time::timeout(
             self.connect_timeout,
-            Connection::connect(&self.url, connection_properties()),
+            connect(&self.url, connection_properties()),
         )
         .await
         .map_err(|_| BrokerError::Timeout(self.connect_timeout))?

@@ -58,6 +58,15 @@ pub struct GrpcArgs {
     /// checks (compared in constant time).
     #[arg(long, env = "OUTBOX_GRPC_TOKEN", hide_env_values = true)]
     pub grpc_token: Option<Secret>,
+    /// Read the bearer token from this file instead (a mounted Secret;
+    /// trailing newlines are trimmed).
+    #[arg(
+        long,
+        env = "OUTBOX_GRPC_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "grpc_token"
+    )]
+    pub grpc_token_file: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (with --grpc-tls-key).
     #[arg(long, env = "OUTBOX_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     pub grpc_tls_cert: Option<PathBuf>,

@@ -7,9 +7,12 @@
 //! logs.
 
 mod grpc;
+mod secrets;
+mod tls;
 mod values;
 
 pub use grpc::{DEFAULT_GRPC_ADDR, GrpcArgs, GrpcListen, IngressMode, ReflectionUrl};
+pub use tls::{AmqpTls, SslMode};
 pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
 
 use crate::outbox::{Identifier, OnSent, RowKey};
@@ -80,16 +83,37 @@ pub enum LogFormat {
 
 /// Flags whose values are secrets, or URLs that may hold one.
 const SECRET_FLAGS: &[&str] = &["--database-url", "--amqp-url", "--grpc-token"];
+// (`--database-url-file` and the like start with these too: their parse
+// errors, which only name a path, are redacted all the same.)
 
 impl Cli {
     /// Parses the command line and environment; on an error, prints it and
     /// exits like clap does, except that a secret flag's value is never
     /// printed (clap's own message quotes the invalid value).
     pub fn parse_redacted() -> Self {
-        match Self::try_parse() {
+        match Self::try_parse_with_files(std::env::args_os()) {
             Ok(cli) => cli,
-            Err(e) => redact_parse_error(e).exit(),
+            Err(e) => e.exit(),
         }
+    }
+
+    /// Parses `argv` and the environment, then reads the secret files
+    /// (`--*-file`); every error is redacted as in [`Cli::parse_redacted`].
+    pub fn try_parse_with_files<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command()
+            .try_get_matches_from(argv)
+            .map_err(redact_parse_error)?;
+        let mut cli = Self::from_arg_matches(&matches).map_err(redact_parse_error)?;
+        cli.load_secret_files(&matches).map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+                .with_cmd(&Self::command())
+        })?;
+        Ok(cli)
     }
 }
 
@@ -120,8 +144,23 @@ pub fn redact_parse_error(error: clap::Error) -> clap::Error {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/dbname.
+    /// TLS as libpq: `?sslmode=disable|prefer|require|verify-ca|verify-full`
+    /// (default prefer), `sslrootcert=<CA file>|system`, `sslcert=` and
+    /// `sslkey=` for a client certificate.
     #[arg(long, env = "OUTBOX_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: DatabaseUrl,
+    /// Read the PostgreSQL URL from this file instead (a mounted Secret;
+    /// trailing newlines are trimmed).
+    #[arg(
+        long,
+        env = "OUTBOX_DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<std::path::PathBuf>,
+    /// Set after parsing: the URL is the built-in default.
+    #[arg(skip)]
+    pub url_defaulted: bool,
     /// Schema holding the `outbox` table (letters, digits, '_').
     #[arg(long, env = "OUTBOX_SCHEMA", default_value = "public")]
     pub schema: Identifier,
@@ -131,8 +170,25 @@ pub struct DbArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
     /// RabbitMQ URL, e.g. amqp://user:password@host:5672/%2f (vhost URL-encoded).
+    /// amqps:// is TLS (port 5671 by default), configured as RabbitMQ's URI
+    /// spec says: `?cacertfile=<CA file>` (else the system's roots),
+    /// `certfile=` + `keyfile=` for a client certificate,
+    /// `auth_mechanism=external` to log in with it, `verify=verify_none`,
+    /// `server_name_indication=<host>|disable`.
     #[arg(long, env = "OUTBOX_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: AmqpUrl,
+    /// Read the RabbitMQ URL from this file instead (a mounted Secret;
+    /// trailing newlines are trimmed).
+    #[arg(
+        long,
+        env = "OUTBOX_AMQP_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "amqp_url"
+    )]
+    pub amqp_url_file: Option<std::path::PathBuf>,
+    /// Set after parsing: the URL is the built-in default.
+    #[arg(skip)]
+    pub url_defaulted: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -473,6 +529,52 @@ mod tests {
             let consistent = poll > 0 && confirm > 0 && base > 0 && base <= max
                 && confirm < shutdown && batch <= MAX_BATCH;
             proptest::prop_assert_eq!(args.validate().is_ok(), consistent);
+        }
+
+        /// No secret from any source (flag or file; URL password or
+        /// token) shows in `Debug`, `Display`, a parse error or `--help`,
+        /// whether the rest of the value is valid or not.
+        #[test]
+        fn no_secret_from_any_source_reaches_any_output(
+            secret in "[A-Za-z0-9]{6}[!-~]{6,14}",
+            from_file in proptest::bool::ANY,
+            valid in proptest::bool::ANY,
+        ) {
+            let enc: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            let port = if valid { "5432" } else { "99999" };
+            let db = format!("postgres://app:{enc}@db:{port}/app?sslmode=require");
+            let amqp = format!("amqps://app:{enc}@mq:{port}/%2f?verify=verify_none");
+            let token = secret.replace(|c: char| !c.is_ascii_graphic(), "x");
+            let dir = std::env::temp_dir().join(format!("outbox-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut argv: Vec<String> = vec!["outbox-relay".into(), "run".into()];
+            for (flag, value) in [("--database-url", &db), ("--amqp-url", &amqp), ("--grpc-token", &token)] {
+                if from_file {
+                    let path = dir.join(&flag[2..]);
+                    std::fs::write(&path, format!("{value}\n")).unwrap();
+                    argv.extend([format!("{flag}-file"), path.display().to_string()]);
+                } else {
+                    argv.extend([flag.to_owned(), value.clone()]);
+                }
+            }
+            let shown = match Cli::try_parse_with_files(&argv) {
+                Ok(cli) => {
+                    proptest::prop_assert!(valid);
+                    let Command::Run(args) = &cli.command else { unreachable!() };
+                    format!("{cli:?} {} {}", args.db.database_url, args.amqp.amqp_url)
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!valid);
+                    e.render().to_string()
+                }
+            };
+            let help = Cli::try_parse_with_files(["outbox-relay", "run", "--help"])
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.render().to_string());
+            for text in [&shown, &help] {
+                proptest::prop_assert!(!text.contains(&secret), "{}", text);
+                proptest::prop_assert!(!text.contains(&enc), "{}", text);
+            }
         }
 
         /// Garbage in a duration or size flag is a parse error, never a panic.

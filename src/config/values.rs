@@ -2,6 +2,7 @@
 //! `Debug`, `Display` and logs, and the parsers clap uses for durations,
 //! sizes and headers, each with an error that shows a valid example.
 
+use super::tls::{AmqpTls, PgTls, SslMode, amqp_tls, split_pg_url};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,11 +11,22 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: tokio_postgres::Config,
+    tls: PgTls,
 }
 
 impl DatabaseUrl {
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The connector for every connection to this database: it encrypts
+    /// as the URL's `sslmode` says (libpq's default, `prefer`, when silent).
+    pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        self.tls.connector.clone()
+    }
+
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode
     }
 }
 
@@ -28,12 +40,13 @@ impl FromStr for DatabaseUrl {
             );
         }
         reserved_in_userinfo(s)?;
-        let config = tokio_postgres::Config::from_str(s)
+        let (driver_url, tls) = split_pg_url(s)?;
+        let config = tokio_postgres::Config::from_str(&driver_url)
             .map_err(|e| format!("{e}; expected postgres://user[:password]@host[:port]/dbname"))?;
         if config.get_hosts().is_empty() {
             return Err("the URL names no host".into());
         }
-        Ok(Self { config })
+        Ok(Self { config, tls })
     }
 }
 
@@ -54,9 +67,10 @@ impl fmt::Display for DatabaseUrl {
         };
         write!(
             f,
-            "postgres://{}{password}@{host}:{port}/{}",
+            "postgres://{}{password}@{host}:{port}/{}?sslmode={}",
             c.get_user().unwrap_or(""),
-            c.get_dbname().unwrap_or("")
+            c.get_dbname().unwrap_or(""),
+            self.tls.mode
         )
     }
 }
@@ -72,12 +86,18 @@ impl fmt::Debug for DatabaseUrl {
 pub struct AmqpUrl {
     raw: String,
     redacted: String,
+    tls: Option<AmqpTls>,
 }
 
 impl AmqpUrl {
     /// The URL with its password, for connecting only.
     pub fn expose(&self) -> &str {
         &self.raw
+    }
+
+    /// The TLS configuration of an amqps URL; `None` for amqp.
+    pub fn tls(&self) -> Option<&AmqpTls> {
+        self.tls.as_ref()
     }
 }
 
@@ -100,12 +120,14 @@ impl FromStr for AmqpUrl {
         lapin::uri::AMQPUri::from_str(s).map_err(|_| {
             "not a valid AMQP URL; expected amqp://user:password@host:5672/vhost".to_owned()
         })?;
+        let tls = amqp_tls(&url)?;
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
         Ok(Self {
             raw: s.to_owned(),
             redacted: url.to_string(),
+            tls,
         })
     }
 }

@@ -119,7 +119,7 @@ async fn insert_all(outbox: &Outbox, messages: &[&NewMessage]) -> Result<(), Sto
     }
     let mut client = outbox.pool().get().await?;
     let tx = client.transaction().await?;
-    let inserts = messages.iter().map(|m| outbox.insert_with(&tx, m));
+    let inserts = messages.iter().map(|m| outbox.insert_with(&*tx, m));
     for inserted in futures::future::join_all(inserts).await {
         inserted?;
     }

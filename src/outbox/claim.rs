@@ -12,6 +12,7 @@
 use super::{Claimed, Failure, OnSent, Outbox, StoreError};
 use deadpool_postgres::Object;
 use std::sync::Arc;
+use tokio_postgres::types::Type;
 
 /// How much one claim may take.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +23,9 @@ pub struct ClaimLimits {
     /// Payloads loaded by the claim add up to at most this
     /// (`--batch-max-bytes`); a single larger row is loaded on its own.
     pub batch_bytes: usize,
+    /// The server ends the claim's session when it sits idle in its
+    /// transaction longer than this (invariant 4), even if the relay hangs.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Rows locked by one open transaction.
@@ -49,16 +53,31 @@ impl Outbox {
             rows: Vec::new(),
         };
         let client = claim.client();
-        let stmt = client.prepare_cached(&claim.statements.claim).await?;
-        client.batch_execute("BEGIN").await?;
+        // Session settings as SET LOCAL, in the round trip of BEGIN: they
+        // hold for this transaction only, which is also all a pooler in
+        // transaction mode (PgBouncer) guarantees. No sequential scans: every
+        // statement of the claim has an index path, and a table grown from
+        // empty before its first ANALYZE would otherwise be scanned whole.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
+                 SET LOCAL enable_seqscan = off",
+                limits.idle_timeout.as_millis().max(1)
+            ))
+            .await?;
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let (rows, max, bytes) = (
+            to_i64(limits.rows),
+            to_i64(limits.max_payload),
+            to_i64(limits.batch_bytes),
+        );
         let rows = client
-            .query(
-                &stmt,
+            .query_typed(
+                &claim.statements.claim,
                 &[
-                    &to_i64(limits.rows),
-                    &to_i64(limits.max_payload),
-                    &to_i64(limits.batch_bytes),
+                    (&rows, Type::INT8),
+                    (&max, Type::INT8),
+                    (&bytes, Type::INT8),
                 ],
             )
             .await?;
@@ -82,8 +101,9 @@ impl Claim {
     /// byte budget), under this claim's lock. `None` if the row is gone.
     pub async fn load_payload(&self, id: super::RowId) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client();
-        let stmt = client.prepare_cached(&self.statements.load_payload).await?;
-        let row = client.query_opt(&stmt, &[&id.0]).await?;
+        let row = client
+            .query_typed_opt(&self.statements.load_payload, &[(&id.0, Type::INT8)])
+            .await?;
         Ok(match row {
             Some(row) => row.try_get(0)?,
             None => None,
@@ -104,8 +124,9 @@ impl Claim {
                 OnSent::Mark => &self.statements.mark_sent,
                 OnSent::Delete => &self.statements.delete_sent,
             };
-            let stmt = client.prepare_cached(sql).await?;
-            client.execute(&stmt, &[&sent]).await?;
+            client
+                .query_typed(sql, &[(&sent, Type::INT8_ARRAY)])
+                .await?;
         }
         if !failures.is_empty() {
             record_failures(client, &self.statements.record_failures, failures).await?;
@@ -133,7 +154,7 @@ async fn record_failures(
     client: &Object,
     sql: &str,
     failures: &[Failure],
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let ids: Vec<i64> = failures.iter().map(|f| f.id.0).collect();
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
     let delays: Vec<f64> = failures
@@ -141,8 +162,16 @@ async fn record_failures(
         .map(|f| f.delay.as_secs_f64() * 1000.0)
         .collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-    let stmt = client.prepare_cached(sql).await?;
-    Ok(client
-        .execute(&stmt, &[&ids, &errors, &delays, &dead])
-        .await?)
+    client
+        .query_typed(
+            sql,
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&delays, Type::FLOAT8_ARRAY),
+                (&dead, Type::BOOL_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(())
 }

@@ -29,6 +29,7 @@ enum ListenError {
 /// kept when no worker is waiting, and several notifications fold into one).
 pub async fn run_listener(
     config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     schema: Identifier,
     wake: Arc<Notify>,
     stop: CancellationToken,
@@ -36,7 +37,7 @@ pub async fn run_listener(
     let table = format!("{}.outbox", schema.quoted());
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        match listen_once(&config, &table, &wake, &stop).await {
+        match listen_once(&config, &tls, &table, &wake, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "wake-up listener lost its connection; polling meanwhile");
@@ -54,17 +55,21 @@ pub async fn run_listener(
 /// ends (an error) or `stop` fires (`Ok`).
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
     table: &str,
     wake: &Notify,
     stop: &CancellationToken,
 ) -> Result<(), ListenError> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     // The connection yields notifications only while it is polled; drive it
     // from here and let the client's queries progress through it.
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let setup = async {
         let row = client
-            .query_one("SELECT $1::text::regclass::oid::bigint", &[&table])
+            .query_typed_one(
+                "SELECT $1::text::regclass::oid::bigint",
+                &[(&table, tokio_postgres::types::Type::TEXT)],
+            )
             .await?;
         let channel = format!("outbox_{}", row.get::<_, i64>(0));
         client

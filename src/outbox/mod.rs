@@ -26,10 +26,47 @@ pub use row::{
 };
 pub use sql::Statements;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
+
+/// A connection or a transaction running unnamed statements: parse, bind
+/// and execute go in one round trip and nothing outlives the call on the
+/// server, so the relay works through a pooler in transaction mode
+/// (PgBouncer before 1.21 cannot keep named statements there). The cost is
+/// planning per statement, a fraction of a millisecond per batch.
+pub trait Unnamed: Sync {
+    fn query_typed_opt(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Option<tokio_postgres::Row>, tokio_postgres::Error>> + Send;
+}
+
+impl Unnamed for tokio_postgres::Client {
+    fn query_typed_opt(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Option<tokio_postgres::Row>, tokio_postgres::Error>> + Send
+    {
+        tokio_postgres::Client::query_typed_opt(self, sql, params)
+    }
+}
+
+impl Unnamed for tokio_postgres::Transaction<'_> {
+    fn query_typed_opt(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Option<tokio_postgres::Row>, tokio_postgres::Error>> + Send
+    {
+        tokio_postgres::Transaction::query_typed_opt(self, sql, params)
+    }
+}
 
 /// What happens to a row once the broker confirmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -64,11 +101,12 @@ pub struct PoolOptions {
 /// are detected on checkout and replaced.
 pub fn connect_pool(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     options: PoolOptions,
 ) -> Result<Pool, deadpool_postgres::BuildError> {
     let manager = Manager::from_config(
         config,
-        tokio_postgres::NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -121,7 +159,10 @@ impl Outbox {
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let row = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.sql.table])
+            .query_typed_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&self.sql.table, Type::TEXT)],
+            )
             .await?;
         if row.get::<_, bool>(0) {
             Ok(())
@@ -136,9 +177,14 @@ impl Outbox {
     /// Deletes up to `limit` rows sent longer ago than `older_than`.
     pub async fn purge_sent(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&self.sql.purge_sent).await?;
         Ok(client
-            .execute(&stmt, &[&older_than.as_secs_f64(), &limit])
+            .execute_typed(
+                &self.sql.purge_sent,
+                &[
+                    (&older_than.as_secs_f64(), Type::FLOAT8),
+                    (&limit, Type::INT8),
+                ],
+            )
             .await?)
     }
 
@@ -146,23 +192,22 @@ impl Outbox {
     /// caller's transaction).
     pub async fn insert_with(
         &self,
-        client: &impl GenericClient,
+        client: &impl Unnamed,
         message: &NewMessage,
     ) -> Result<Inserted, StoreError> {
-        let stmt = client.prepare_cached(&self.sql.insert).await?;
         let headers = tokio_postgres::types::Json(&message.headers);
         let delay_ms = message.delay.as_secs_f64() * 1000.0;
         let row = client
-            .query_opt(
-                &stmt,
+            .query_typed_opt(
+                &self.sql.insert,
                 &[
-                    &message.message_id,
-                    &message.exchange,
-                    &message.routing_key,
-                    &message.payload,
-                    &message.content_type,
-                    &headers,
-                    &delay_ms,
+                    (&message.message_id, Type::UUID),
+                    (&message.exchange, Type::TEXT),
+                    (&message.routing_key, Type::TEXT),
+                    (&message.payload, Type::BYTEA),
+                    (&message.content_type, Type::TEXT),
+                    (&headers, Type::JSONB),
+                    (&delay_ms, Type::FLOAT8),
                 ],
             )
             .await?;
@@ -175,12 +220,12 @@ impl Outbox {
     /// Inserts one message in its own transaction.
     pub async fn insert(&self, message: &NewMessage) -> Result<Inserted, StoreError> {
         let client = self.pool.get().await?;
-        self.insert_with(&client, message).await
+        self.insert_with(&**client, message).await
     }
 
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let client = self.pool.get().await?;
-        let row = client.query_one(&self.sql.stats, &[]).await?;
+        let row = client.query_typed_one(&self.sql.stats, &[]).await?;
         Ok(Stats {
             pending: row.get(0),
             due: row.get(1),
@@ -198,21 +243,28 @@ impl Outbox {
         };
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(&self.sql.find, &[&message_id, &id])
+            .query_typed_opt(
+                &self.sql.find,
+                &[(&message_id, Type::UUID), (&id, Type::INT8)],
+            )
             .await?;
         Ok(row.as_ref().map(RowView::from_row))
     }
 
     pub async fn list_dead(&self, limit: i64) -> Result<Vec<RowView>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client.query(&self.sql.list_dead, &[&limit]).await?;
+        let rows = client
+            .query_typed(&self.sql.list_dead, &[(&limit, Type::INT8)])
+            .await?;
         Ok(rows.iter().map(RowView::from_row).collect())
     }
 
     /// Makes dead rows pending again (all of them when `ids` is `None`).
     pub async fn replay(&self, ids: Option<&[i64]>) -> Result<Vec<i64>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client.query(&self.sql.replay, &[&ids]).await?;
+        let rows = client
+            .query_typed(&self.sql.replay, &[(&ids, Type::INT8_ARRAY)])
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

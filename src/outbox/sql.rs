@@ -2,8 +2,8 @@
 //!
 //! Statements are templates with a `{table}` placeholder, rendered once per
 //! configured schema (a validated, quoted identifier, invariant 7) into
-//! [`Statements`]; every value is a bind parameter. Callers prepare them with
-//! `prepare_cached`, so each connection parses each statement once.
+//! [`Statements`]; every value is a bind parameter. They run unnamed
+//! ([`super::Unnamed`]), so that a pooler in transaction mode can serve them.
 
 use super::Identifier;
 

@@ -48,6 +48,9 @@ pub struct RelaySettings {
     pub on_sent: OnSent,
     /// Largest payload published; larger rows fail without being loaded.
     pub max_message_size: usize,
+    /// How long the database lets a claim's session sit idle in its
+    /// transaction before ending it (beyond the whole step's own bound).
+    pub claim_idle_timeout: Duration,
 }
 
 /// What one step did.
@@ -156,6 +159,7 @@ impl Relay {
                 rows: self.settings.batch_size,
                 max_payload: self.settings.max_message_size,
                 batch_bytes: self.settings.batch_bytes,
+                idle_timeout: self.settings.claim_idle_timeout,
             })
             .await?;
         if claim.is_empty() {

@@ -30,8 +30,10 @@ fn message(env: &TestEnv, i: usize, poisoned: bool) -> NewMessage {
 #[tokio::test]
 async fn a_group_with_a_refused_call_stores_every_other_call_of_the_group() {
     let env = TestEnv::new("group_commit").await;
+    let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
     let pool = connect_pool(
-        PG_URL.parse().unwrap(),
+        url.config().clone(),
+        url.tls(),
         PoolOptions {
             max_size: 2,
             timeout: WITHIN,
