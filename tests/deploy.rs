@@ -73,17 +73,31 @@ fn every_setting_the_deploy_files_use_is_one_the_binary_documents() {
 fn the_configmap_values_pass_the_relays_validation() {
     let data = configmap_data();
     assert!(data.contains_key("OUTBOX_SCHEMA"), "{data:?}");
-    // Nothing listens on port 1: a valid configuration gets as far as
-    // connecting (exit 1), an invalid one is refused before (exit 2).
+    // The URLs come from the Secret's files: without them the relay stops
+    // at once (exit 2), naming the missing file, and never falls back to
+    // its localhost defaults.
+    let out = Command::new(RELAY).arg("run").envs(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&data["OUTBOX_DATABASE_URL_FILE"]), "{stderr}");
+    // With the files: nothing listens on port 1, so a valid configuration
+    // gets as far as connecting (exit 1), an invalid one is refused before
+    // (exit 2).
+    let dir = std::env::temp_dir().join(format!("deploy-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("database-url"), "postgres://app@127.0.0.1:1/app\n").unwrap();
+    std::fs::write(dir.join("amqp-url"), "amqp://app:pw@127.0.0.1:1/%2f\n").unwrap();
     let out = Command::new(RELAY)
         .arg("run")
         .envs(&data)
-        .env("OUTBOX_DATABASE_URL", "postgres://app@127.0.0.1:1/app")
+        .env("OUTBOX_DATABASE_URL_FILE", dir.join("database-url"))
+        .env("OUTBOX_AMQP_URL_FILE", dir.join("amqp-url"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
