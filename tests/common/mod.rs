@@ -121,6 +121,8 @@ impl TestEnv {
             "100ms",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
         ];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).expect("run args").command {
