@@ -14,21 +14,26 @@
 //! - the table's gauges are refreshed by one background task with indexed
 //!   queries ([`run_table_gauges`]), never by a scrape.
 
+mod sources;
+mod table;
+
+pub use table::run_table_gauges;
+
 use crate::amqp::Broker;
 use crate::health::Health;
-use crate::outbox::{Outbox, TableGauges};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use crate::outbox::TableGauges;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use sources::Sources;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio_util::sync::CancellationToken;
+use table::TableSeries;
 
 /// Exchanges that get their own `exchange` label; later ones are `other`.
 pub const EXCHANGE_LABELS: usize = 100;
@@ -379,131 +384,6 @@ pub fn epoch_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The gauges of the table's state.
-struct TableSeries {
-    pending_due: Gauge,
-    pending_not_due: Gauge,
-    oldest_pending_age: FloatGauge,
-    dead_messages: Gauge,
-    dead_tuples: Gauge,
-    last_autovacuum: FloatGauge,
-}
-
-impl TableSeries {
-    fn register(registry: &mut Registry) -> Self {
-        let pending = Family::<DueLabel, Gauge>::default();
-        registry.register(
-            "pending_messages",
-            "Rows neither sent nor dead: due now (`due=\"true\"`) or later (delayed, backing off)",
-            pending.clone(),
-        );
-        let series = Self {
-            pending_due: pending.get_or_create_owned(&DueLabel { due: "true" }),
-            pending_not_due: pending.get_or_create_owned(&DueLabel { due: "false" }),
-            oldest_pending_age: FloatGauge::default(),
-            dead_messages: Gauge::default(),
-            dead_tuples: Gauge::default(),
-            last_autovacuum: FloatGauge::default(),
-        };
-        registry.register_with_unit(
-            "oldest_pending_age",
-            "Age of the oldest due row (0 when none is due): the relay's lag",
-            Unit::Seconds,
-            series.oldest_pending_age.clone(),
-        );
-        registry.register(
-            "dead_messages",
-            "Dead-lettered rows awaiting replay",
-            series.dead_messages.clone(),
-        );
-        registry.register(
-            "table_dead_tuples",
-            "Dead tuples of the outbox table (pg_stat_user_tables.n_dead_tup)",
-            series.dead_tuples.clone(),
-        );
-        registry.register(
-            "table_last_autovacuum_timestamp_seconds",
-            "When autovacuum last finished on the outbox table, in seconds since the Unix epoch (0: never)",
-            series.last_autovacuum.clone(),
-        );
-        series
-    }
-}
-
-/// What other parts of the process count, read at each scrape.
-#[derive(Debug, Default)]
-struct Sources {
-    health: Option<Arc<Health>>,
-    broker: Option<Arc<Broker>>,
-}
-
-impl Collector for Sources {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let dropped = ConstCounter::new(crate::telemetry::log_lines_dropped());
-        let help = "Log lines lost to a full queue or a failed write to stderr";
-        dropped.encode(encoder.encode_descriptor(
-            "log_lines_dropped",
-            help,
-            None,
-            dropped.metric_type(),
-        )?)?;
-        if let Some(health) = &self.health {
-            let restarts = ConstCounter::new(health.restarts());
-            let help = "Relay workers restarted after a panic";
-            restarts.encode(encoder.encode_descriptor(
-                "worker_restarts",
-                help,
-                None,
-                restarts.metric_type(),
-            )?)?;
-            let faulted = ConstGauge::new(health.faulted() as i64);
-            let help = "Relay workers paused by a systemic fault (a missing privilege, a read-only database)";
-            faulted.encode(encoder.encode_descriptor(
-                "workers_faulted",
-                help,
-                None,
-                faulted.metric_type(),
-            )?)?;
-        }
-        if let Some(broker) = &self.broker {
-            let reconnects = ConstCounter::new(broker.reconnects());
-            let help = "Connections re-established after the first, by service";
-            let mut family =
-                encoder.encode_descriptor("reconnects", help, None, reconnects.metric_type())?;
-            reconnects.encode(family.encode_family(&ServiceLabel { service: "broker" })?)?;
-        }
-        Ok(())
-    }
-}
-
-/// Refreshes the table's gauges every `every` until `stop`. A failed
-/// refresh leaves the last values and is logged when it starts failing.
-pub async fn run_table_gauges(
-    outbox: Outbox,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut failing = false;
-    loop {
-        match outbox.table_gauges().await {
-            Ok(gauges) => {
-                metrics.set_table(&gauges);
-                failing = false;
-            }
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "cannot refresh the outbox table's gauges; they keep their last values");
-                failing = true;
-            }
-            Err(e) => tracing::debug!(error = %e, "table gauges still failing"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-    }
 }
 
 #[cfg(test)]
