@@ -7,10 +7,12 @@
 //! once all have, or fails when `--shutdown-timeout` passes first.
 
 use crate::amqp::Broker;
-use crate::config::{RunArgs, Wakeup};
+use crate::config::{HttpListen, IngressMode, RunArgs, Wakeup};
 use crate::grpc::Ingress;
 use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
+use crate::http::{HttpPort, Probes};
+use crate::metrics::{Metrics, TABLE_GAUGES_EVERY, run_table_gauges};
 use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool, run_listener};
 use crate::relay::{Backoff, Relay, RelaySettings, Shared, WorkerOptions, run_purger, supervise};
 use anyhow::Context;
@@ -34,6 +36,12 @@ const INGRESS_CONNECTIONS: usize = 8;
 /// connections, so that under load calls queue into shared transactions
 /// while the other connections serve direct mode and health probes.
 const INGRESS_WRITERS: usize = 4;
+/// Database connections of the HTTP port: its readiness checks and the
+/// table gauges' refresh, apart from the workers' so that neither waits on
+/// the other.
+const MONITOR_CONNECTIONS: usize = 2;
+/// How long the HTTP port may take to close once the workers have drained.
+const HTTP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A configured relay, connected to its database, ready to run.
 pub struct App {
@@ -45,6 +53,11 @@ pub struct App {
     /// One large payload in memory at a time across the workers.
     large_lane: Arc<Semaphore>,
     ingress: Option<Ingress>,
+    metrics: Arc<Metrics>,
+    /// The HTTP port, bound, with the database connections it reads through.
+    http: Option<(HttpPort, Outbox)>,
+    /// Cancelled when shutdown begins (`/readyz` turns 503).
+    stopping: CancellationToken,
 }
 
 impl App {
@@ -95,6 +108,23 @@ impl App {
             health.clone(),
         )
         .await?;
+        let metrics = Arc::new(Metrics::for_process(health.clone(), broker.clone()));
+        let stopping = CancellationToken::new();
+        let http = match args.http.http_addr {
+            HttpListen::Off => None,
+            HttpListen::On(addr) => {
+                let monitor = monitor_outbox(&args)?;
+                let probes = Probes {
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    liveness_window: args.http.liveness_window,
+                    database: monitor.clone(),
+                    broker: (args.grpc.ingress_mode == IngressMode::Direct).then(|| broker.clone()),
+                    stopping: stopping.clone(),
+                };
+                Some((HttpPort::bind(addr, probes).await?, monitor))
+            }
+        };
         Ok(Self {
             args,
             outbox,
@@ -103,12 +133,25 @@ impl App {
             health,
             large_lane: Arc::new(Semaphore::new(1)),
             ingress,
+            metrics,
+            http,
+            stopping,
         })
     }
 
     /// Where the gRPC ingress listens (`None` with `--grpc-addr none`).
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.ingress.as_ref().map(Ingress::local_addr)
+    }
+
+    /// Where the HTTP port listens (`None` with `--http-addr none`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(port, _)| port.local_addr())
+    }
+
+    /// The process's metrics, as `/metrics` serves them.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -136,6 +179,7 @@ impl App {
             self.broker.clone(),
             self.settings(),
             self.large_lane.clone(),
+            self.metrics.clone(),
         )
     }
 
@@ -159,6 +203,7 @@ impl App {
     /// drains what is in flight within the shutdown timeout.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let http = self.start_http(&tracker, &stop);
         if let Some(ingress) = self.ingress.take() {
             let helpers = tracker.clone();
             let stop = stop.clone();
@@ -194,11 +239,12 @@ impl App {
         }
         let shared = Shared::new(self.health.clone(), self.wake.clone());
         for worker in 0..self.args.concurrency.get() {
-            let (outbox, broker, settings, lane) = (
+            let (outbox, broker, settings, lane, metrics) = (
                 self.outbox.clone(),
                 self.broker.clone(),
                 self.settings(),
                 self.large_lane.clone(),
+                self.metrics.clone(),
             );
             let make = move || {
                 Relay::new(
@@ -206,6 +252,7 @@ impl App {
                     broker.clone(),
                     settings.clone(),
                     lane.clone(),
+                    metrics.clone(),
                 )
             };
             tracker.spawn(supervise(
@@ -228,8 +275,13 @@ impl App {
         }
         tracker.close();
         stop.cancelled().await;
+        self.stopping.cancel();
         tracing::info!(deadline = ?self.args.shutdown_timeout, "stopping: finishing batches in flight");
         let drained = tokio::time::timeout(self.args.shutdown_timeout, tracker.wait()).await;
+        if let Some((http_stop, served)) = http {
+            http_stop.cancel();
+            let _ = tokio::time::timeout(HTTP_CLOSE_TIMEOUT, served).await;
+        }
         self.broker.close().await;
         match drained {
             Ok(()) => {
@@ -242,6 +294,49 @@ impl App {
             ),
         }
     }
+}
+
+impl App {
+    /// Serves the HTTP port, outside `tracker` so that it still answers
+    /// while the workers drain, and refreshes the table gauges it shows.
+    /// Returns what stops it and its task.
+    fn start_http(
+        &mut self,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+        let (port, monitor) = self.http.take()?;
+        tracker.spawn(run_table_gauges(
+            monitor,
+            self.metrics.clone(),
+            TABLE_GAUGES_EVERY,
+            stop.clone(),
+        ));
+        let http_stop = CancellationToken::new();
+        let served = tokio::spawn({
+            let http_stop = http_stop.clone();
+            async move {
+                if let Err(e) = port.serve(http_stop).await {
+                    tracing::error!(error = %e, "HTTP port stopped");
+                }
+            }
+        });
+        Some((http_stop, served))
+    }
+}
+
+/// The HTTP port's own connections to the outbox table.
+fn monitor_outbox(args: &RunArgs) -> anyhow::Result<Outbox> {
+    let pool = connect_pool(
+        relay_pg_config(args),
+        args.db.database_url.tls(),
+        PoolOptions {
+            max_size: MONITOR_CONNECTIONS,
+            timeout: SERVICE_TIMEOUT,
+        },
+    )
+    .context("building the HTTP port's database pool")?;
+    Ok(Outbox::new(pool, args.db.schema.clone()))
 }
 
 /// The longest one claim → mark cycle may take before it is abandoned.

@@ -17,6 +17,8 @@
 //! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
+//! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
+//! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum) |
 //! | [`outbox`] | the table: row types decoded defensively, all SQL, the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
 //! | [`relay`] | the step: claim → publish → await confirms → mark; backoff; dead-lettering; the worker loop, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
@@ -44,6 +46,8 @@ pub mod commands;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod proto;
 pub mod relay;

@@ -18,8 +18,9 @@ fn relay(args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
-    // Tests run relays side by side: each takes a free port for gRPC.
+    // Tests run relays side by side: each takes free ports for gRPC and HTTP.
     cmd.env("OUTBOX_GRPC_ADDR", "127.0.0.1:0");
+    cmd.env("OUTBOX_HTTP_ADDR", "127.0.0.1:0");
     cmd
 }
 

@@ -79,7 +79,10 @@ fn the_configmap_values_pass_the_relays_validation() {
     let out = Command::new(RELAY).arg("run").envs(&data).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&data["OUTBOX_DATABASE_URL_FILE"]), "{stderr}");
+    assert!(
+        stderr.contains(&data["OUTBOX_DATABASE_URL_FILE"]),
+        "{stderr}"
+    );
     // With the files: nothing listens on port 1, so a valid configuration
     // gets as far as connecting (exit 1), an invalid one is refused before
     // (exit 2).

@@ -2,6 +2,7 @@
 //! what is retried, what is dead-lettered, and what is never published.
 
 mod common;
+mod monitoring;
 
 use common::*;
 use lapin::types::{AMQPValue, FieldTable};

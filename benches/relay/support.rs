@@ -207,6 +207,8 @@ impl RelayProcess {
         let child = Command::new(RELAY)
             .args(["run", "--schema", &schema.name, "--log-level", "warn"])
             .args(["--grpc-addr", "none"])
+            // Several relays run side by side in some scenarios.
+            .args(["--http-addr", "127.0.0.1:0"])
             .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()])
             .args(extra)
             .stdin(Stdio::null())

@@ -22,7 +22,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex as SyncMutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -113,6 +113,8 @@ pub struct Broker {
     exchanges: SyncMutex<ExchangeCache>,
     /// The last connection's negotiated frame size.
     frame_max: AtomicU32,
+    /// Connections established so far (metrics).
+    connections: AtomicU64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -130,6 +132,7 @@ impl Broker {
             connection: Mutex::new(None),
             exchanges: SyncMutex::new(ExchangeCache::default()),
             frame_max: AtomicU32::new(DEFAULT_FRAME_MAX),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -187,6 +190,7 @@ impl Broker {
         if frame_max > 0 {
             self.frame_max.store(frame_max, Ordering::Relaxed);
         }
+        self.connections.fetch_add(1, Ordering::Relaxed);
         tracing::info!(frame_max, "connected to the broker");
         // Exchanges may have changed while we were away.
         self.forget_exchanges();
@@ -260,6 +264,11 @@ impl Broker {
                 tokio::time::timeout(Duration::from_secs(2), conn.close(200, "shutdown".into()))
                     .await;
         }
+    }
+
+    /// Connections established after the first one (metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed).saturating_sub(1)
     }
 
     /// True while the connection is up (health reporting).

@@ -7,11 +7,13 @@
 //! logs.
 
 mod grpc;
+mod http;
 mod secrets;
 mod tls;
 mod values;
 
 pub use grpc::{DEFAULT_GRPC_ADDR, GrpcArgs, GrpcListen, IngressMode, ReflectionUrl};
+pub use http::{DEFAULT_HTTP_ADDR, HttpArgs, HttpListen};
 pub use tls::{AmqpTls, SslMode};
 pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
 
@@ -252,6 +254,8 @@ pub struct RunArgs {
     pub wakeup: Wakeup,
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// How an idle relay learns about new rows.
@@ -391,6 +395,7 @@ impl RunArgs {
             ("poll-interval", self.poll_interval),
             ("confirm-timeout", self.confirm_timeout),
             ("backoff-base", self.backoff_base),
+            ("liveness-window", self.http.liveness_window),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

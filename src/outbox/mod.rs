@@ -23,6 +23,7 @@ pub use ident::{Identifier, IdentifierError};
 pub use listen::run_listener;
 pub use row::{
     Claimed, Inserted, MessageId, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats,
+    TableGauges,
 };
 pub use sql::Statements;
 
@@ -233,6 +234,32 @@ impl Outbox {
             dead: row.get(3),
             oldest_pending_seconds: row.get(4),
         })
+    }
+
+    /// The backlog, dead rows and vacuum state, with indexed queries only
+    /// (see `sql::BACKLOG`), for the metrics' gauges.
+    pub async fn table_gauges(&self) -> Result<TableGauges, StoreError> {
+        let client = self.pool.get().await?;
+        let pending = client.query_typed_one(&self.sql.backlog, &[]).await?;
+        let dead = client.query_typed_one(&self.sql.dead_count, &[]).await?;
+        let vacuum = client
+            .query_typed_opt(&self.sql.table_stats, &[(&self.sql.table, Type::TEXT)])
+            .await?;
+        Ok(TableGauges {
+            due: pending.get(0),
+            not_due: pending.get(1),
+            oldest_due_seconds: pending.get(2),
+            dead: dead.get(0),
+            dead_tuples: vacuum.as_ref().map_or(0, |r| r.get(0)),
+            last_autovacuum_epoch: vacuum.as_ref().map_or(0.0, |r| r.get(1)),
+        })
+    }
+
+    /// Answers when the database does (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
     }
 
     /// Finds a row by message_id or by id.

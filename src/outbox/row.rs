@@ -165,6 +165,22 @@ pub struct Stats {
     pub oldest_pending_seconds: f64,
 }
 
+/// The table's state for the metrics' gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TableGauges {
+    /// Pending rows due now.
+    pub due: i64,
+    /// Pending rows due later (delayed or backing off).
+    pub not_due: i64,
+    /// Age of the oldest due row; 0 when none is due.
+    pub oldest_due_seconds: f64,
+    /// Dead rows awaiting replay.
+    pub dead: i64,
+    pub dead_tuples: i64,
+    /// Seconds since the Unix epoch; 0 when never.
+    pub last_autovacuum_epoch: f64,
+}
+
 /// A row as an operator sees it (`show`, `dead`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RowView {

@@ -84,6 +84,31 @@ const STATS: &str = "SELECT
         FILTER (WHERE sent_at IS NULL AND dead_at IS NULL))::float8, 0)
 FROM {table}";
 
+/// The backlog for the metrics: pending rows due now, pending rows due
+/// later, and the age of the oldest due row. Reads only pending rows, through
+/// the partial index `outbox_pending_idx` (the relay's connections forbid
+/// sequential scans): its cost follows the backlog, not the rows kept sent.
+/// An infinite `created_at` is left out of the age instead of failing it.
+const BACKLOG: &str = "SELECT
+    count(*) FILTER (WHERE available_at <= now()),
+    count(*) FILTER (WHERE available_at > now()),
+    COALESCE(GREATEST(EXTRACT(epoch FROM now() - min(created_at)
+        FILTER (WHERE available_at <= now() AND isfinite(created_at)))::float8, 0), 0)
+FROM {table}
+WHERE sent_at IS NULL AND dead_at IS NULL";
+
+/// Dead rows awaiting replay (what `dead` lists), through `outbox_dead_idx`.
+const DEAD_COUNT: &str =
+    "SELECT count(*) FROM {table} WHERE dead_at IS NOT NULL AND sent_at IS NULL";
+
+/// The table's vacuum health from the statistics collector, for the
+/// metrics: no table access at all. `$1` is the quoted table name; no row
+/// (or NULLs) before the collector has seen the table.
+const TABLE_STATS: &str = "SELECT COALESCE(n_dead_tup, 0)::bigint,
+       COALESCE(EXTRACT(epoch FROM last_autovacuum)::float8, 0)
+FROM pg_stat_user_tables
+WHERE relid = to_regclass($1)";
+
 /// Rows for `show` / `dead`: timestamps rendered by the database.
 const DESCRIBE_COLUMNS: &str = "id, message_id, exchange, routing_key, content_type, headers,
     length(payload)::bigint, attempts, last_error,
@@ -110,6 +135,9 @@ pub struct Statements {
     pub purge_sent: String,
     pub insert: String,
     pub stats: String,
+    pub backlog: String,
+    pub dead_count: String,
+    pub table_stats: String,
     pub find: String,
     pub list_dead: String,
     pub replay: String,
@@ -128,6 +156,9 @@ impl Statements {
             purge_sent: render(PURGE_SENT),
             insert: render(INSERT),
             stats: render(STATS),
+            backlog: render(BACKLOG),
+            dead_count: render(DEAD_COUNT),
+            table_stats: TABLE_STATS.to_owned(),
             find: format!(
                 "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE message_id = $1 OR id = $2"
             ),

@@ -30,6 +30,7 @@ use crate::amqp::publish::{Outgoing, refused_exchange};
 use crate::amqp::{
     Broker, BrokerError, EncodeError, Encoded, ExchangeState, PublishError, Publisher, encode,
 };
+use crate::metrics::{FailReason, Metrics, epoch_now};
 use crate::outbox::{Claim, ClaimLimits, Claimed, Failure, OnSent, Outbox, OutboxRow, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,6 +110,23 @@ impl RowFailure {
     fn counts_toward_dead_letter(&self) -> bool {
         !matches!(self, Self::Publish(PublishError::Connection(_)))
     }
+
+    /// The `reason` label of `outbox_relay_messages_failed_total`.
+    pub fn reason(&self) -> FailReason {
+        match self {
+            Self::Decode(_) => FailReason::Decode,
+            Self::Encode(EncodeError::TooLarge { .. }) => FailReason::TooLarge,
+            Self::Encode(EncodeError::HeaderTooLarge { .. }) => FailReason::FrameTooLarge,
+            Self::Encode(_) => FailReason::Encode,
+            Self::ExchangeMissing(_) => FailReason::ExchangeMissing,
+            Self::ExchangeRefused { .. } => FailReason::ExchangeRefused,
+            Self::Publish(PublishError::Returned { .. }) => FailReason::Returned,
+            Self::Publish(PublishError::Nacked) => FailReason::Nack,
+            Self::Publish(PublishError::Timeout(_)) => FailReason::Timeout,
+            Self::Publish(PublishError::Connection(_)) => FailReason::Connection,
+            Self::Publish(PublishError::NotConfirmed) => FailReason::NotConfirmed,
+        }
+    }
 }
 
 /// What became of one claimed row.
@@ -127,14 +145,17 @@ pub struct Relay {
     publisher: Option<Publisher>,
     /// Shared by a relay's workers: one large payload loaded at a time.
     large_lane: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
+    /// `metrics` may be a fresh [`Metrics::new`] where nobody reads them.
     pub fn new(
         outbox: Outbox,
         broker: Arc<Broker>,
         settings: RelaySettings,
         large_lane: Arc<Semaphore>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             outbox,
@@ -142,6 +163,7 @@ impl Relay {
             settings,
             publisher: None,
             large_lane,
+            metrics,
         }
     }
 
@@ -171,18 +193,22 @@ impl Relay {
         let fates = self.publish(&claim).await?;
         kill_point!("relay_after_confirm");
         let published = Instant::now();
+        self.record_fates(&claim.rows, &fates);
         let (sent, failures) = self.sort_results(&claim.rows, fates);
         let count = claim.rows.len();
         claim
             .finish(&sent, self.settings.on_sent, &failures)
             .await?;
         let dead = failures.iter().filter(|f| f.dead).count();
+        let timings = [claimed - started, published - claimed, published.elapsed()];
+        self.metrics.record_dead_lettered(dead as u64);
+        self.metrics.record_batch(count, timings);
         Ok(Outcome::Relayed(BatchReport {
             claimed: count,
             sent: sent.len(),
             retried: failures.len() - dead,
             dead,
-            timings: [claimed - started, published - claimed, published.elapsed()],
+            timings,
         }))
     }
 
@@ -337,6 +363,31 @@ impl Relay {
             );
             self.broker.refuse_exchange(&exchange, &reason);
         }
+    }
+
+    /// Counts what the broker said about a batch, as it said it (a batch
+    /// whose mark then fails is published, and counted, again): one add per
+    /// exchange and per failed row, one latency per acked row.
+    fn record_fates(&self, rows: &[Claimed], fates: &[Fate]) {
+        let acked_at = epoch_now();
+        let mut by_exchange: HashMap<&str, u64> = HashMap::new();
+        for (claimed, fate) in rows.iter().zip(fates) {
+            match (claimed, fate) {
+                (Claimed::Row(row), Fate::Sent) => {
+                    *by_exchange.entry(row.exchange.as_str()).or_default() += 1;
+                }
+                (_, Fate::Failed(failure)) => self.metrics.record_failure(failure.reason()),
+                _ => {}
+            }
+        }
+        for (exchange, count) in by_exchange {
+            self.metrics.record_published(exchange, count);
+        }
+        let created = rows.iter().zip(fates).filter_map(|pair| match pair {
+            (Claimed::Row(row), Fate::Sent) => row.created_epoch,
+            _ => None,
+        });
+        self.metrics.record_deliveries(acked_at, created);
     }
 
     /// Splits a batch into confirmed ids and failure records.

@@ -121,6 +121,8 @@ impl TestEnv {
             "100ms",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
         ];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).expect("run args").command {
@@ -288,6 +290,8 @@ pub struct Running {
     pub health: std::sync::Arc<outbox_relay::health::Health>,
     /// The gRPC ingress's address, when it listens.
     pub grpc: Option<std::net::SocketAddr>,
+    /// The HTTP port's address (probes and metrics), when it listens.
+    pub http: Option<std::net::SocketAddr>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -295,6 +299,7 @@ impl Running {
     pub async fn start(args: RunArgs) -> Self {
         let app = App::build(args).await.expect("app builds");
         let grpc = app.grpc_addr();
+        let http = app.http_addr();
         let health = app.health().clone();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -302,8 +307,14 @@ impl Running {
             stop,
             health,
             grpc,
+            http,
             handle,
         }
+    }
+
+    /// `GET path` on the HTTP port, with an `Accept` header when given.
+    pub async fn get(&self, path: &str, accept: Option<&str>) -> HttpReply {
+        http_get(self.http.expect("the HTTP port listens"), path, accept).await
     }
 
     /// `http://<grpc address>`, for a tonic client.
@@ -314,5 +325,56 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.handle.await.expect("relay task panicked")
+    }
+}
+
+/// What an HTTP/1.1 server answered.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Bounds one request to the relay's HTTP port.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plain HTTP/1.1 GET with `Connection: close` (the replies are small and
+/// carry a Content-Length, so reading to EOF is the whole reply).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, accept: Option<&str>) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let accept = accept
+            .map(|a| format!("Accept: {a}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        std::io::Result::Ok(raw)
+    };
+    let raw = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .expect("the HTTP port answers in time")
+        .expect("an HTTP exchange");
+    let raw = String::from_utf8(raw).expect("a UTF-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned())
+        .unwrap_or_default();
+    HttpReply {
+        status,
+        content_type,
+        body: body.to_owned(),
     }
 }

@@ -387,7 +387,9 @@ async fn secrets_in_bad_configuration_never_print() {
     for (var, value, secret) in cases {
         for via_flag in [false, true] {
             let mut cmd = Command::new(BIN);
-            cmd.arg("run").env("OUTBOX_GRPC_ADDR", "none");
+            cmd.arg("run")
+                .env("OUTBOX_GRPC_ADDR", "none")
+                .env("OUTBOX_HTTP_ADDR", "none");
             if via_flag {
                 let flag = format!(
                     "--{}",

@@ -250,6 +250,7 @@ async fn malformed_configuration_is_refused_and_changes_nothing() {
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
             .env("OUTBOX_GRPC_ADDR", "127.0.0.1:0")
+            .env("OUTBOX_HTTP_ADDR", "127.0.0.1:0")
             .env("OUTBOX_SCHEMA", &env.schema)
             .env(var, value);
         let out = refused_within(cmd, Duration::from_secs(20));

@@ -53,7 +53,7 @@ impl RelayChild {
             }
         }
         cmd.args(["run", "--schema", &env.schema, "--log-level", "warn"])
-            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args([
                 "--batch-size",
                 &BATCH.to_string(),

@@ -271,6 +271,7 @@ async fn a_service_whose_rpc_does_not_return_empty_is_refused_at_start() {
         .args(["run", "--schema", &env.schema, "--grpc-addr", "127.0.0.1:0"])
         .args(["--descriptor-set", BAD_DESCRIPTORS])
         .env_remove("OUTBOX_GRPC_ADDR")
+        .env("OUTBOX_HTTP_ADDR", "127.0.0.1:0")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

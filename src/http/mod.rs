@@ -1,0 +1,197 @@
+//! The HTTP port (`--http-addr`): what the kubelet and Prometheus reach.
+//!
+//! - `GET /metrics`: the Prometheus text exposition, or OpenMetrics when the
+//!   `Accept` header asks for `application/openmetrics-text`;
+//! - `GET /livez`: 200 while every worker iterates within
+//!   `--liveness-window` and none is dead or paused by a systemic fault;
+//!   503 with the reasons otherwise, so that a wedged sidecar is restarted;
+//! - `GET /readyz`: 200 when the sidecar can take work from its
+//!   application: the database answers (outbox mode), and the broker is
+//!   connected (direct ingress mode only: in outbox mode a broker outage is
+//!   what the outbox buffers through, and an unready sidecar would take the
+//!   application out of its Service). The body lists each check.
+//!
+//! Nothing here needs a token: it serves no data, only health and counts.
+//! The port keeps answering while the workers drain at shutdown (`/readyz`
+//! then says so with 503) and closes once they are done.
+
+use crate::amqp::Broker;
+use crate::health::Health;
+use crate::metrics::{Format, Metrics};
+use crate::outbox::Outbox;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long a readiness check waits for a service: well inside the
+/// kubelet's default probe timeout (1 s).
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What the probes and `/metrics` read.
+#[derive(Clone)]
+pub struct Probes {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub liveness_window: Duration,
+    /// The probes' own connections, apart from the workers' pool, so that
+    /// busy workers never make the sidecar look unready.
+    pub database: Outbox,
+    /// Checked by `/readyz` in direct ingress mode only.
+    pub broker: Option<Arc<Broker>>,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on.
+    pub stopping: CancellationToken,
+}
+
+/// A bound, not yet serving, HTTP port.
+pub struct HttpPort {
+    listener: TcpListener,
+    probes: Probes,
+}
+
+impl HttpPort {
+    /// Binds `addr` now, so that a taken port fails the start and port 0 is
+    /// known before serving.
+    pub async fn bind(addr: SocketAddr, probes: Probes) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP port (--http-addr) to {addr}"))?;
+        Ok(Self { listener, probes })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `stop`, then lets requests in progress finish.
+    pub async fn serve(self, stop: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "HTTP port listening (/livez, /readyz, /metrics)");
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/livez", get(livez))
+            .route("/readyz", get(readyz))
+            .with_state(Arc::new(self.probes));
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    }
+}
+
+type Shared = State<Arc<Probes>>;
+
+async fn metrics(State(probes): Shared, headers: HeaderMap) -> Response {
+    let format = if accepts_openmetrics(&headers) {
+        Format::OpenMetrics
+    } else {
+        Format::Prometheus
+    };
+    let body = probes.metrics.encode(format);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// True when the scraper lists OpenMetrics among what it accepts
+/// (Prometheus does, ahead of the classic text format).
+fn accepts_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let mut parts = media.split(';').map(str::trim);
+            let refused = |param: &str| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            };
+            parts.next() == Some("application/openmetrics-text") && !parts.any(refused)
+        })
+}
+
+async fn livez(State(probes): Shared) -> (StatusCode, String) {
+    let problems = probes.health.problems(probes.liveness_window);
+    if problems.is_empty() {
+        return (StatusCode::OK, "ok\n".to_owned());
+    }
+    let mut body = String::new();
+    for problem in problems {
+        let _ = writeln!(body, "{problem}");
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+async fn readyz(State(probes): Shared) -> (StatusCode, String) {
+    let mut checks: Vec<(&str, Result<(), String>)> = Vec::with_capacity(3);
+    let database = match tokio::time::timeout(CHECK_TIMEOUT, probes.database.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer to SELECT 1 within {CHECK_TIMEOUT:?}")),
+    };
+    checks.push(("database", database));
+    if let Some(broker) = &probes.broker {
+        let connected = match tokio::time::timeout(CHECK_TIMEOUT, broker.is_connected()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("not connected (direct ingress mode needs it)".to_owned()),
+            Err(_) => Err("connecting (direct ingress mode needs it)".to_owned()),
+        };
+        checks.push(("broker", connected));
+    }
+    if probes.stopping.is_cancelled() {
+        checks.push(("shutdown", Err("shutting down".to_owned())));
+    }
+    let ready = checks.iter().all(|(_, result)| result.is_ok());
+    let mut body = String::new();
+    for (name, result) in checks {
+        let _ = match result {
+            Ok(()) => writeln!(body, "{name}: ok"),
+            Err(e) => writeln!(body, "{name}: failed: {e}"),
+        };
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_when_asked_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert!(accepts_openmetrics(&accept(prometheus)));
+        assert!(!accepts_openmetrics(&accept("text/plain;version=0.0.4")));
+        assert!(!accepts_openmetrics(&accept("*/*")));
+        assert!(!accepts_openmetrics(&HeaderMap::new()));
+        assert!(!accepts_openmetrics(&accept(
+            "application/openmetrics-text;q=0, text/plain"
+        )));
+    }
+}
