@@ -37,6 +37,10 @@ struct Options {
     /// scale-out), steady, producer, ingress (gRPC Publish vs direct inserts).
     #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress"])]
     only: Vec<Group>,
+    /// Also drain over TLS to both services (verify-full, amqps; the test PKI
+    /// of deploy/local/tls.sh) against the same drain in plaintext.
+    #[arg(long)]
+    tls: bool,
     /// A short run for checking the harness: 20,000 messages, 3 s steady runs.
     #[arg(long)]
     quick: bool,
@@ -144,7 +148,64 @@ async fn drains(
             );
         }
         poison(report, channel, queue, backlog).await;
+        large_rows(report, channel, queue).await;
+        if opts.tls {
+            tls(report, channel, queue, backlog).await;
+        }
     }
+}
+
+/// Peak memory with payloads far above the batch budget in the table:
+/// two rows of 100 MiB (above --max-message-size, never loaded) and eight
+/// of 10 MiB (each loaded alone) among small rows.
+async fn large_rows(report: &mut Report, channel: &lapin::Channel, queue: &BenchQueue) {
+    let backlog = scenarios::Backlog {
+        rows: 1_000,
+        payload: 256,
+        poison_every: None,
+    };
+    let d = scenarios::drain_with_large(queue, channel, backlog, &[(2, 100), (8, 10)]).await;
+    let mib = d.cost.peak_rss_kib as f64 / 1024.0;
+    report.add(
+        Row::new(
+            "memory",
+            queue.kind.name(),
+            "peak RSS, 2×100 MiB + 8×10 MiB rows".into(),
+        )
+        .value(mib, "MiB", 128.0),
+    );
+}
+
+/// The same drain in plaintext and over verified TLS to both services.
+async fn tls(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    const CA: &str = "/etc/outbox-relay-test/tls/ca.pem";
+    let plain_pg = "postgres://root@127.0.0.1:5432/test?sslmode=disable".to_owned();
+    let plain_mq = "amqp://guest:guest@localhost:5672/%2f".to_owned();
+    let tls_pg =
+        format!("postgres://root@localhost:5432/test?sslmode=verify-full&sslrootcert={CA}");
+    let tls_mq = format!("amqps://guest:guest@localhost:5671/%2f?cacertfile={CA}");
+    let mut rates = Vec::new();
+    for (label, pg, mq) in [
+        ("tls_off", &plain_pg, &plain_mq),
+        ("tls_on", &tls_pg, &tls_mq),
+    ] {
+        let extra = ["--database-url", pg.as_str(), "--amqp-url", mq.as_str()];
+        rates.push(
+            scenarios::drain(queue, channel, label, backlog, 1, &extra)
+                .await
+                .rate,
+        );
+    }
+    report.add(
+        Row::new("tls", queue.kind.name(), "TLS to both vs plaintext".into())
+            .rate(rates[1])
+            .ratio(rates[1] / rates[0], 0.80),
+    );
 }
 
 /// Good rows' pace with 1% poison rows (headers that cannot be encoded,
