@@ -302,6 +302,21 @@ async fn direct_mode_answers_after_the_ack_and_refuses_what_the_broker_would_not
     };
     let e = client.publish(missing).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // Headers above the broker's frame size can never be sent: refused as
+    // the caller's error (not UNAVAILABLE, which invites retries), before
+    // the broker would close the connection over it.
+    let huge = PublishRequest {
+        headers: [("big".to_owned(), "x".repeat(200_000))].into(),
+        ..to_queue(&env, b"too big")
+    };
+    let e = client.publish(huge).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    client
+        .publish(to_queue(&env, b"after"))
+        .await
+        .expect("the connection survived the refused message");
+    let got = env.consume(1, WITHIN, LINGER).await;
+    assert_eq!(got.iter().filter(|d| d.data == b"after").count(), 1);
 
     broker.refuse(true);
     broker.reset().await;
