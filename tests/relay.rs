@@ -430,3 +430,47 @@ async fn a_stalled_broker_times_out_the_batch_and_releases_its_claim() {
     relay.close().await;
     env.drop_schema().await;
 }
+
+/// Invariant 4 on the server's side: a claim whose relay hangs (it holds
+/// the transaction and sends nothing) is ended by the database after the
+/// claim's idle bound, set with SET LOCAL in its own transaction, and its
+/// rows can be claimed again.
+#[tokio::test]
+async fn the_database_ends_a_claim_left_idle_past_its_bound() {
+    use outbox_relay::outbox::{ClaimLimits, Identifier, Outbox, PoolOptions, connect_pool};
+    let env = TestEnv::new("idle_claim").await;
+    env.insert_rows(5).await;
+    let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
+    let pool = connect_pool(
+        url.config().clone(),
+        url.tls(),
+        PoolOptions {
+            max_size: 1,
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    let outbox = Outbox::new(pool, Identifier::parse(&env.schema).unwrap());
+    let claim = outbox
+        .claim(&ClaimLimits {
+            rows: 10,
+            max_payload: 1 << 20,
+            batch_bytes: 1 << 20,
+            idle_timeout: Duration::from_millis(300),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claim.rows.len(), 5);
+    let lockable = "SELECT count(*) FROM (SELECT id FROM {t} FOR UPDATE SKIP LOCKED) s";
+    assert_eq!(env.scalar(lockable).await, 0, "the claim holds its rows");
+    let released = wait_until(Duration::from_secs(10), || async {
+        env.scalar(lockable).await == 5
+    })
+    .await;
+    assert!(
+        released,
+        "the server ended the idle claim and freed its rows"
+    );
+    drop(claim);
+    env.drop_schema().await;
+}
