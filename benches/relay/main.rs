@@ -113,6 +113,7 @@ async fn drains(
         rows: n,
         payload: opts.payload,
         poison_every: None,
+        large: &[],
     };
     let window = scenarios::best_window(conn, queue, n, opts.payload).await;
     for on_sent in ["mark", "delete"] {
@@ -163,8 +164,10 @@ async fn large_rows(report: &mut Report, channel: &lapin::Channel, queue: &Bench
         rows: 1_000,
         payload: 256,
         poison_every: None,
+        large: &[(2, 100), (8, 10)],
     };
-    let d = scenarios::drain_with_large(queue, channel, backlog, &[(2, 100), (8, 10)]).await;
+    let extra = ["--max-attempts", "1"];
+    let d = scenarios::drain(queue, channel, "large_rows", backlog, 1, &extra).await;
     let mib = d.cost.peak_rss_kib as f64 / 1024.0;
     report.add(
         Row::new(

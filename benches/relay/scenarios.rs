@@ -124,6 +124,8 @@ pub struct Backlog {
     pub rows: usize,
     pub payload: usize,
     pub poison_every: Option<usize>,
+    /// Extra rows far above the batch budget: (count, MiB) pairs.
+    pub large: &'static [(usize, usize)],
 }
 
 impl Backlog {
@@ -148,6 +150,7 @@ pub async fn drain(
     schema
         .fill(&pg, n, payload, &queue.name, backlog.poison_every)
         .await;
+    schema.fill_large(&pg, &queue.name, backlog.large).await;
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
@@ -158,46 +161,6 @@ pub async fn drain(
     for child in children {
         child.stop();
     }
-    let dead_tuples = schema.dead_tuples(&pg).await;
-    schema.drop_schema(&pg).await;
-    queue.purge(channel).await;
-    Drain {
-        rate,
-        cost,
-        dead_tuples,
-    }
-}
-
-/// Like [`drain`] with one relay, with `large` rows added to the backlog:
-/// (count, MiB) pairs of payloads far above the batch budget.
-pub async fn drain_with_large(
-    queue: &BenchQueue,
-    channel: &lapin::Channel,
-    backlog: Backlog,
-    large: &[(usize, usize)],
-) -> Drain {
-    let pg = pg().await;
-    let schema = Schema::create("large_rows", false).await;
-    schema
-        .fill(&pg, backlog.rows, backlog.payload, &queue.name, None)
-        .await;
-    for &(count, mib) in large {
-        let sql = format!(
-            "INSERT INTO {} (routing_key, payload)
-             SELECT $1, convert_to(repeat('x', $2), 'UTF8') FROM generate_series(1, $3)",
-            schema.table()
-        );
-        let bytes = (mib << 20) as i32;
-        pg.execute(&sql, &[&queue.name, &bytes, &(count as i32)])
-            .await
-            .unwrap();
-    }
-    let started = Instant::now();
-    let relay = RelayProcess::spawn(&schema, &["--max-attempts", "1"]);
-    schema.wait_drained(&pg, DRAIN_DEADLINE).await;
-    let rate = backlog.rows as f64 / started.elapsed().as_secs_f64();
-    let cost = relay.cost();
-    relay.stop();
     let dead_tuples = schema.dead_tuples(&pg).await;
     schema.drop_schema(&pg).await;
     queue.purge(channel).await;

@@ -156,6 +156,26 @@ impl Schema {
     /// Waits until no row is pending. Polls every 50 ms with an EXISTS that
     /// stops at the first pending row: a count over a large backlog, many
     /// times a second, would load the database the relay is measured on.
+    /// Adds `large` rows: (count, MiB) pairs of one-byte-repeated payloads.
+    pub async fn fill_large(
+        &self,
+        pg: &tokio_postgres::Client,
+        queue: &str,
+        large: &[(usize, usize)],
+    ) {
+        let sql = format!(
+            "INSERT INTO {} (routing_key, payload)
+             SELECT $1, convert_to(repeat('x', $2), 'UTF8') FROM generate_series(1, $3)",
+            self.table()
+        );
+        for &(count, mib) in large {
+            let bytes = (mib << 20) as i32;
+            pg.execute(&sql, &[&queue, &bytes, &(count as i32)])
+                .await
+                .unwrap();
+        }
+    }
+
     pub async fn wait_drained(&self, pg: &tokio_postgres::Client, within: Duration) {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE sent_at IS NULL AND dead_at IS NULL)",
