@@ -13,7 +13,9 @@ use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
 use crate::http::{HttpPort, Probes};
 use crate::metrics::{Metrics, TABLE_GAUGES_EVERY, run_table_gauges};
-use crate::outbox::{OnSent, Outbox, PoolOptions, connect_pool, run_listener};
+use crate::outbox::{
+    ConnectionCount, OnSent, Outbox, PoolOptions, connect_counted_pool, connect_pool, run_listener,
+};
 use crate::relay::{Backoff, Relay, RelaySettings, Shared, WorkerOptions, run_purger, supervise};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -67,16 +69,18 @@ impl App {
     pub async fn build(args: RunArgs) -> anyhow::Result<Self> {
         args.validate()?;
         warn_on_default_urls(&args);
-        let pool = connect_pool(
+        let opened = ConnectionCount::default();
+        let pool = connect_counted_pool(
             relay_pg_config(&args),
             args.db.database_url.tls(),
             PoolOptions {
                 max_size: args.concurrency.get() + 2,
                 timeout: SERVICE_TIMEOUT,
             },
+            &opened,
         )
         .context("building the database pool")?;
-        let outbox = Outbox::new(pool, args.db.schema.clone());
+        let outbox = Outbox::new(pool, args.db.schema.clone()).with_connection_count(opened);
         outbox
             .ensure_table()
             .await
@@ -99,6 +103,11 @@ impl App {
         };
         let wake = Arc::new(Notify::new());
         let health = Arc::new(Health::new(args.concurrency.get()));
+        let metrics = Arc::new(Metrics::for_process(
+            health.clone(),
+            broker.clone(),
+            outbox.clone(),
+        ));
         let ingress = Ingress::build(
             &args.grpc,
             Outbox::new(ingress_pool, args.db.schema.clone()),
@@ -106,9 +115,9 @@ impl App {
             sink,
             wake.clone(),
             health.clone(),
+            metrics.clone(),
         )
         .await?;
-        let metrics = Arc::new(Metrics::for_process(health.clone(), broker.clone()));
         let stopping = CancellationToken::new();
         let http = match args.http.http_addr {
             HttpListen::Off => None,

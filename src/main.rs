@@ -12,18 +12,20 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse_redacted();
-    let _logs = match telemetry::init(&cli.log) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // The trace exporter's gRPC channel is made on the runtime; the guard is
+    // dropped (spans flushed) before the runtime is.
+    let _logs = match runtime.block_on(async { telemetry::init(&cli.log) }) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
         }
     };
     match runtime.block_on(dispatch(cli.command)) {

@@ -2,6 +2,7 @@
 //! configuration errors, migrations.
 
 mod common;
+mod observe;
 mod secure;
 
 use common::*;

@@ -6,7 +6,8 @@
 #   - waits (with a deadline) until each one answers,
 #   - makes sure the role `root` and the database `test` exist and that
 #     postgres://root@127.0.0.1:5432/test connects (the relay's default URL),
-#   - installs PgBouncer (the pooler test runs its own instance),
+#   - installs PgBouncer (the pooler test runs its own instance) and
+#     promtool (apt's prometheus package, for the metrics checks),
 #   - prepares TLS on both services for the TLS tests (tls.sh).
 # Idempotent: when everything is up it only checks, in well under a second.
 set -euo pipefail
@@ -124,9 +125,16 @@ ensure_pgbouncer() {
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
 }
 
+# promtool checks the alerting rules and the live /metrics (apt's
+# prometheus package; its server is not started here).
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_pgbouncer
+ensure_promtool
 # Real TLS for both services (test CA, certificates, listeners): tls.sh.
 "$(dirname "$0")/tls.sh"
 say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT (TLS 5671) are up"

@@ -5,6 +5,8 @@
 //! closing the channel under its whole batch.
 
 use crate::outbox::{NewMessage, OutboxRow};
+use crate::telemetry::TraceContext;
+use crate::telemetry::context::{TRACEPARENT, TRACESTATE};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::Value;
@@ -64,6 +66,32 @@ pub struct Encoded {
 /// A payload above `max_payload` bytes is refused here: the broker would
 /// answer it by closing the channel, failing every other row of the batch.
 pub fn encode(row: &OutboxRow, limits: Limits) -> Result<Encoded, EncodeError> {
+    encode_traced(row, limits, None)
+}
+
+/// [`encode`], with `trace` as the message's `traceparent` / `tracestate`
+/// headers in place of the row's own (the relay's span, with export on).
+/// Set before the frame size is checked, which counts them.
+pub fn encode_traced(
+    row: &OutboxRow,
+    limits: Limits,
+    trace: Option<&TraceContext>,
+) -> Result<Encoded, EncodeError> {
+    let mut headers = headers_table(&row.headers)?;
+    if let Some(trace) = trace {
+        let mut set = |key: &str, value: &str| {
+            headers.insert(
+                ShortString::from(key),
+                AMQPValue::LongString(value.as_bytes().to_vec().into()),
+            );
+        };
+        set(TRACEPARENT, &trace.traceparent);
+        // A span's context keeps its parent's state, so `None` means the
+        // row had none either.
+        if let Some(state) = &trace.tracestate {
+            set(TRACESTATE, state);
+        }
+    }
     let draft = Draft {
         message_id: row.message_id.0,
         exchange: &row.exchange,
@@ -72,7 +100,7 @@ pub fn encode(row: &OutboxRow, limits: Limits) -> Result<Encoded, EncodeError> {
         created_epoch: row.created_epoch,
         payload_len: row.payload_len,
     };
-    envelope(&draft, headers_table(&row.headers)?, limits)
+    envelope(&draft, headers, limits)
 }
 
 /// Encodes a message that is about to be stored or published directly (the

@@ -12,7 +12,9 @@ pub mod declare;
 mod encode;
 pub mod publish;
 
-pub use encode::{EncodeError, Encoded, Limits, encode, encode_new, headers_table, table_to_json};
+pub use encode::{
+    EncodeError, Encoded, Limits, encode, encode_new, encode_traced, headers_table, table_to_json,
+};
 pub use publish::{PublishError, Publisher};
 
 use crate::config::AmqpUrl;

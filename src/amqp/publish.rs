@@ -36,6 +36,18 @@ impl PublishError {
         !matches!(self, Self::NotConfirmed)
     }
 
+    /// The `reason` label of `outbox_relay_messages_failed_total`.
+    pub fn reason(&self) -> crate::metrics::FailReason {
+        use crate::metrics::FailReason;
+        match self {
+            Self::Returned { .. } => FailReason::Returned,
+            Self::Nacked => FailReason::Nack,
+            Self::Timeout(_) => FailReason::Timeout,
+            Self::Connection(_) => FailReason::Connection,
+            Self::NotConfirmed => FailReason::NotConfirmed,
+        }
+    }
+
     /// The channel can no longer be trusted and must be replaced.
     pub fn breaks_channel(&self) -> bool {
         matches!(

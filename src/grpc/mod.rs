@@ -19,6 +19,7 @@ pub mod group;
 mod health;
 mod listener;
 pub mod o5;
+pub mod observe;
 mod publisher;
 pub mod raw;
 pub mod sink;
@@ -31,6 +32,7 @@ pub use topology::{Catalog, TopologyError, method_route};
 use crate::amqp::{Broker, declare::declare};
 use crate::config::{GrpcArgs, GrpcListen};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::proto::outbox::v1::publisher_server::PublisherServer;
 use crate::relay::ErrorBackoff;
@@ -77,6 +79,7 @@ pub struct Ingress {
     descriptor_sets: Vec<Vec<u8>>,
     tls: Option<ServerTlsConfig>,
     args: GrpcArgs,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingress {
@@ -89,6 +92,7 @@ impl Ingress {
         sink: SinkOptions,
         wake: Arc<Notify>,
         health: Arc<Health>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Self>> {
         let GrpcListen::On(addr) = args.grpc_addr else {
             return Ok(None);
@@ -122,13 +126,20 @@ impl Ingress {
         Ok(Some(Self {
             listener,
             addr,
-            sink: Arc::new(Sink::new(outbox, broker.clone(), sink, wake)),
+            sink: Arc::new(Sink::new(
+                outbox,
+                broker.clone(),
+                sink,
+                wake,
+                metrics.clone(),
+            )),
             broker,
             health,
             catalog,
             descriptor_sets,
             tls,
             args: args.clone(),
+            metrics,
         }))
     }
 
@@ -172,6 +183,7 @@ impl Ingress {
             tracing::warn!(addr = %self.addr, "gRPC ingress listens beyond loopback with no --grpc-token or mTLS");
         }
         server
+            .layer(observe::ObserveLayer::new(self.metrics.clone()))
             .layer(auth::TokenLayer::new(token))
             .layer(codes::layer(self.args.grpc_max_request_size))
             .add_routes(routes)

@@ -1,6 +1,7 @@
 //! `outbox.v1.Publisher`: the generic publisher, for senders that name the
 //! exchange and routing key themselves.
 
+use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
 use crate::outbox::NewMessage;
@@ -25,8 +26,9 @@ impl PublisherService {
 impl Publisher for PublisherService {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<()>, Status> {
         let timeout = caller_timeout(request.metadata().as_ref());
+        let trace = CallTrace::of(request.extensions());
         let message = to_new_message(request.into_inner())?;
-        within_deadline(timeout, self.sink.accept(vec![message])).await?;
+        within_deadline(timeout, self.sink.accept(vec![message], &trace)).await?;
         Ok(Response::new(()))
     }
 
@@ -35,13 +37,14 @@ impl Publisher for PublisherService {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<()>, Status> {
         let timeout = caller_timeout(request.metadata().as_ref());
+        let trace = CallTrace::of(request.extensions());
         let messages = request
             .into_inner()
             .messages
             .into_iter()
             .map(to_new_message)
             .collect::<Result<Vec<_>, _>>()?;
-        within_deadline(timeout, self.sink.accept(messages)).await?;
+        within_deadline(timeout, self.sink.accept(messages, &trace)).await?;
         Ok(Response::new(()))
     }
 }

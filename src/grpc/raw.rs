@@ -8,6 +8,7 @@
 //! limit is enforced while reading (RESOURCE_EXHAUSTED).
 
 use super::o5;
+use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
 use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF};
@@ -122,8 +123,9 @@ impl UnaryService<Bytes> for Call {
         let path = std::mem::take(&mut self.path);
         Box::pin(async move {
             let timeout = caller_timeout(request.metadata().as_ref());
+            let trace = CallTrace::of(request.extensions());
             let message = shared.to_new_message(&path, &request)?;
-            within_deadline(timeout, shared.sink.accept(vec![message])).await?;
+            within_deadline(timeout, shared.sink.accept(vec![message], &trace)).await?;
             Ok(Response::new(()))
         })
     }

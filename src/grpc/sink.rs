@@ -14,10 +14,12 @@
 //!   (nor for the database wake-up trigger).
 
 use super::group::GroupCommit;
+use super::observe::CallTrace;
 use super::status::IngressError;
 use crate::amqp::publish::Outgoing;
 use crate::amqp::{Broker, ExchangeState, Publisher, encode_new};
 use crate::config::IngressMode;
+use crate::metrics::Metrics;
 use crate::outbox::{NewMessage, Outbox};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +41,8 @@ pub struct Sink {
     max_message_size: usize,
     /// The relay workers' wake-up, coalesced.
     wake: Wake,
+    /// Direct mode's publishes count as the relay's do.
+    metrics: Arc<Metrics>,
 }
 
 /// The sink's settings.
@@ -57,8 +61,10 @@ impl Sink {
         broker: Arc<Broker>,
         options: SinkOptions,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            metrics,
             mode: options.mode,
             writer: GroupCommit::start(outbox.clone(), options.writers),
             outbox,
@@ -78,11 +84,16 @@ impl Sink {
     }
 
     /// Stores `messages`, all or none; returns once they are safe.
-    pub async fn accept(&self, mut messages: Vec<NewMessage>) -> Result<(), IngressError> {
+    pub async fn accept(
+        &self,
+        mut messages: Vec<NewMessage>,
+        trace: &CallTrace,
+    ) -> Result<(), IngressError> {
         if messages.is_empty() {
             return Err(IngressError::EmptyBatch);
         }
         for message in &mut messages {
+            trace.stamp(&mut message.headers);
             // Fixing the id here keeps it stable across the check and the
             // store, and lets direct mode publish what outbox mode would.
             let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
@@ -132,12 +143,16 @@ impl Sink {
         let publisher = self.publisher().await?;
         let results = publisher.publish_batch(batch, self.confirm_timeout).await;
         let mut first_error = None;
-        for result in results {
-            if let Err(e) = result {
-                if e.breaks_channel() {
-                    self.drop_publisher(&publisher).await;
+        for (message, result) in messages.iter().zip(results) {
+            match result {
+                Ok(()) => self.metrics.record_published(&message.exchange, 1),
+                Err(e) => {
+                    self.metrics.record_failure(e.reason());
+                    if e.breaks_channel() {
+                        self.drop_publisher(&publisher).await;
+                    }
+                    first_error.get_or_insert(e);
                 }
-                first_error.get_or_insert(e);
             }
         }
         match first_error {

@@ -14,6 +14,7 @@
 //! - the table's gauges are refreshed by one background task with indexed
 //!   queries ([`run_table_gauges`]), never by a scrape.
 
+mod grpc;
 mod sources;
 mod table;
 
@@ -21,7 +22,8 @@ pub use table::run_table_gauges;
 
 use crate::amqp::Broker;
 use crate::health::Health;
-use crate::outbox::TableGauges;
+use crate::outbox::{Outbox, TableGauges};
+pub use grpc::code_name;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -171,6 +173,7 @@ pub struct Metrics {
     dead_messages: Gauge,
     table_dead_tuples: Gauge,
     table_last_autovacuum: FloatGauge,
+    grpc: grpc::GrpcSeries,
 }
 
 impl Default for Metrics {
@@ -186,11 +189,13 @@ impl Metrics {
         Self::build(Sources::default())
     }
 
-    /// A process's registry: also reads worker health and broker reconnects.
-    pub fn for_process(health: Arc<Health>, broker: Arc<Broker>) -> Self {
+    /// A process's registry: also reads worker health and the broker's and
+    /// the relay pool's reconnects.
+    pub fn for_process(health: Arc<Health>, broker: Arc<Broker>, database: Outbox) -> Self {
         Self::build(Sources {
             health: Some(health),
             broker: Some(broker),
+            database: Some(database),
         })
     }
 
@@ -258,6 +263,7 @@ impl Metrics {
             })
             .set(1);
         let table = TableSeries::register(&mut registry);
+        let grpc = grpc::GrpcSeries::register(&mut registry);
         registry.register_collector(Box::new(sources));
         Self {
             registry,
@@ -274,6 +280,7 @@ impl Metrics {
             dead_messages: table.dead_messages,
             table_dead_tuples: table.dead_tuples,
             table_last_autovacuum: table.last_autovacuum,
+            grpc,
         }
     }
 
@@ -366,6 +373,11 @@ impl Metrics {
             self.delivery_latency
                 .observe((acked_at - epoch as f64).max(0.0));
         }
+    }
+
+    /// One gRPC call to `path` answered `code` after `elapsed`.
+    pub fn record_grpc(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        self.grpc.record(path, code, elapsed);
     }
 
     /// The table's state, from [`Outbox::table_gauges`].

@@ -1,10 +1,11 @@
 //! What other parts of the process already count (worker restarts and
-//! faults, dropped log lines, broker reconnects), read at each scrape
-//! instead of being copied into the registry.
+//! faults, dropped log lines, broker and database reconnects), read at each
+//! scrape instead of being copied into the registry.
 
 use super::ServiceLabel;
 use crate::amqp::Broker;
 use crate::health::Health;
+use crate::outbox::Outbox;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 pub(super) struct Sources {
     pub(super) health: Option<Arc<Health>>,
     pub(super) broker: Option<Arc<Broker>>,
+    /// The relay workers' pool.
+    pub(super) database: Option<Outbox>,
 }
 
 impl Collector for Sources {
@@ -46,12 +49,24 @@ impl Collector for Sources {
                 faulted.metric_type(),
             )?)?;
         }
-        if let Some(broker) = &self.broker {
-            let reconnects = ConstCounter::new(broker.reconnects());
-            let help = "Connections re-established after the first, by service";
-            let mut family =
-                encoder.encode_descriptor("reconnects", help, None, reconnects.metric_type())?;
-            reconnects.encode(family.encode_family(&ServiceLabel { service: "broker" })?)?;
+        let services = [
+            ("broker", self.broker.as_ref().map(|b| b.reconnects())),
+            ("database", self.database.as_ref().map(Outbox::reconnects)),
+        ];
+        if services.iter().any(|(_, count)| count.is_some()) {
+            let help = "Connections re-established after the first, by service (database: connections of the relay's pool opened to replace one that was lost or closed)";
+            let mut family = encoder.encode_descriptor(
+                "reconnects",
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (service, count) in services {
+                if let Some(count) = count {
+                    ConstCounter::new(count)
+                        .encode(family.encode_family(&ServiceLabel { service })?)?;
+                }
+            }
         }
         Ok(())
     }

@@ -27,8 +27,9 @@ pub use row::{
 };
 pub use sql::Statements;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -97,6 +98,18 @@ pub struct PoolOptions {
     pub timeout: Duration,
 }
 
+/// Connections a pool has opened, for `outbox_relay_reconnects_total`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCount(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    opened: AtomicU64,
+    /// The highest count of reconnects reported: the pool's size and the
+    /// opened count change apart, and a counter must never go down.
+    reported: AtomicU64,
+}
+
 /// Builds a connection pool. Connections are created lazily, so this does not
 /// fail when the database is down; broken connections (a terminated backend)
 /// are detected on checkout and replaced.
@@ -105,6 +118,17 @@ pub fn connect_pool(
     tls: MakeRustlsConnect,
     options: PoolOptions,
 ) -> Result<Pool, deadpool_postgres::BuildError> {
+    connect_counted_pool(config, tls, options, &ConnectionCount::default())
+}
+
+/// [`connect_pool`], counting every connection it opens into `opened`.
+pub fn connect_counted_pool(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    options: PoolOptions,
+    opened: &ConnectionCount,
+) -> Result<Pool, deadpool_postgres::BuildError> {
+    let opened = opened.0.clone();
     let manager = Manager::from_config(
         config,
         tls,
@@ -118,6 +142,10 @@ pub fn connect_pool(
         .create_timeout(Some(options.timeout))
         .recycle_timeout(Some(options.timeout))
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        .post_create(Hook::sync_fn(move |_, _| {
+            opened.opened.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }))
         .build()
 }
 
@@ -127,6 +155,7 @@ pub struct Outbox {
     pool: Pool,
     schema: Identifier,
     sql: Arc<Statements>,
+    opened: Option<ConnectionCount>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -140,7 +169,33 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     pub fn new(pool: Pool, schema: Identifier) -> Self {
         let sql = Arc::new(Statements::new(&schema));
-        Self { pool, schema, sql }
+        Self {
+            pool,
+            schema,
+            sql,
+            opened: None,
+        }
+    }
+
+    /// Reads reconnects from `opened`, the count its pool was built with
+    /// ([`connect_counted_pool`]).
+    pub fn with_connection_count(mut self, opened: ConnectionCount) -> Self {
+        self.opened = Some(opened);
+        self
+    }
+
+    /// Connections opened to replace one the pool lost (a terminated
+    /// backend, a database restart, a claim closed at its deadline): all it
+    /// opened but those it holds now. Zero without a connection count.
+    pub fn reconnects(&self) -> u64 {
+        let Some(opened) = &self.opened else { return 0 };
+        let held = self.pool.status().size as u64;
+        let lost = opened.0.opened.load(Ordering::Relaxed).saturating_sub(held);
+        opened
+            .0
+            .reported
+            .fetch_max(lost, Ordering::Relaxed)
+            .max(lost)
     }
 
     pub fn pool(&self) -> &Pool {

@@ -20,6 +20,7 @@
 
 pub mod backoff;
 mod purge;
+mod trace;
 mod worker;
 
 pub use backoff::{Backoff, ErrorBackoff};
@@ -28,14 +29,17 @@ pub use worker::{Shared, WorkerOptions, run_worker, supervise};
 
 use crate::amqp::publish::{Outgoing, refused_exchange};
 use crate::amqp::{
-    Broker, BrokerError, EncodeError, Encoded, ExchangeState, PublishError, Publisher, encode,
+    Broker, BrokerError, EncodeError, Encoded, ExchangeState, PublishError, Publisher,
+    encode_traced,
 };
 use crate::metrics::{FailReason, Metrics, epoch_now};
 use crate::outbox::{Claim, ClaimLimits, Claimed, Failure, OnSent, Outbox, OutboxRow, StoreError};
+use crate::telemetry::TraceContext;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// Tunables of the relay step.
 #[derive(Debug, Clone)]
@@ -120,11 +124,7 @@ impl RowFailure {
             Self::Encode(_) => FailReason::Encode,
             Self::ExchangeMissing(_) => FailReason::ExchangeMissing,
             Self::ExchangeRefused { .. } => FailReason::ExchangeRefused,
-            Self::Publish(PublishError::Returned { .. }) => FailReason::Returned,
-            Self::Publish(PublishError::Nacked) => FailReason::Nack,
-            Self::Publish(PublishError::Timeout(_)) => FailReason::Timeout,
-            Self::Publish(PublishError::Connection(_)) => FailReason::Connection,
-            Self::Publish(PublishError::NotConfirmed) => FailReason::NotConfirmed,
+            Self::Publish(e) => e.reason(),
         }
     }
 }
@@ -175,6 +175,7 @@ impl Relay {
     pub async fn relay_batch(&mut self) -> Result<Outcome, RelayError> {
         self.ensure_publisher().await?;
         let started = Instant::now();
+        let claiming = trace::claiming();
         let claim = self
             .outbox
             .claim(&ClaimLimits {
@@ -183,21 +184,29 @@ impl Relay {
                 batch_bytes: self.settings.batch_bytes,
                 idle_timeout: self.settings.claim_idle_timeout,
             })
+            .instrument(claiming.clone())
             .await?;
+        claiming.record("messaging.batch.message_count", claim.rows.len());
+        drop(claiming);
         if claim.is_empty() {
             claim.finish(&[], self.settings.on_sent, &[]).await?;
             return Ok(Outcome::Empty);
         }
         kill_point!("relay_after_claim");
         let claimed = Instant::now();
-        let fates = self.publish(&claim).await?;
+        let fates = self
+            .publish(&claim)
+            .instrument(trace::publishing(&claim.rows))
+            .await?;
         kill_point!("relay_after_confirm");
         let published = Instant::now();
         self.record_fates(&claim.rows, &fates);
         let (sent, failures) = self.sort_results(&claim.rows, fates);
         let count = claim.rows.len();
+        let marking = trace::marking(&claim.rows);
         claim
             .finish(&sent, self.settings.on_sent, &failures)
+            .instrument(marking)
             .await?;
         let dead = failures.iter().filter(|f| f.dead).count();
         let timings = [claimed - started, published - claimed, published.elapsed()];
@@ -238,6 +247,8 @@ impl Relay {
         let mut ready = Vec::with_capacity(claim.rows.len());
         let mut large = Vec::new();
         let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
+        // Each message's span lasts until its batch's confirms are in.
+        let mut spans = Vec::new();
         for (index, claimed) in claim.rows.iter().enumerate() {
             fates.push(Fate::Sent);
             let row = match claimed {
@@ -247,13 +258,16 @@ impl Relay {
                     continue;
                 }
             };
-            let envelope = match self.check(row, limits, &mut exchanges).await? {
+            let traced = trace::message(row);
+            let context = traced.as_ref().map(|(_, context)| context);
+            let envelope = match self.check(row, limits, context, &mut exchanges).await? {
                 Ok(envelope) => envelope,
                 Err(failure) => {
                     fates[index] = Fate::Failed(failure);
                     continue;
                 }
             };
+            spans.extend(traced.map(|(span, _)| span));
             match &row.payload {
                 Some(payload) => ready.push((index, payload.as_slice(), row, envelope)),
                 None if row.payload_len > self.settings.batch_bytes => {
@@ -274,6 +288,7 @@ impl Relay {
             self.publish_rows(vec![(index, &payload, row, envelope)], &mut fates)
                 .await;
         }
+        drop(spans);
         Ok(fates)
     }
 
@@ -283,9 +298,10 @@ impl Relay {
         &self,
         row: &'a OutboxRow,
         limits: crate::amqp::Limits,
+        trace: Option<&TraceContext>,
         exchanges: &mut HashMap<&'a str, ExchangeState>,
     ) -> Result<Result<Encoded, RowFailure>, BrokerError> {
-        let envelope = match encode(row, limits) {
+        let envelope = match encode_traced(row, limits, trace) {
             Ok(envelope) => envelope,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -411,11 +427,12 @@ impl Relay {
             let dead = failure.counts_toward_dead_letter() && attempt >= self.settings.max_attempts;
             let error = failure.to_string();
             let message_id = message_id.map(|m| m.to_string());
+            let trace_id = trace::trace_id(claimed);
             if dead {
-                tracing::error!(%id, message_id, attempt, error = %error,
+                tracing::error!(%id, message_id, trace_id, attempt, error = %error,
                     "message dead-lettered: it stays in the table; `outbox-relay replay` retries it");
             } else {
-                tracing::warn!(%id, message_id, attempt, error = %error,
+                tracing::warn!(%id, message_id, trace_id, attempt, error = %error,
                     "message not confirmed; will retry");
             }
             failures.push(Failure {

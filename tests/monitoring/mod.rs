@@ -9,6 +9,8 @@ use prometheus_parse::{Scrape, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod trace;
+
 /// Rows reach their final state within this.
 const WITHIN: Duration = Duration::from_secs(30);
 /// The table gauges refresh every 5 s: a few rounds.
@@ -362,5 +364,42 @@ async fn liveness_reports_a_systemic_fault_with_its_reason_until_it_is_fixed() {
     .await;
     assert!(alive, "{:?}", relay.get("/livez", None).await);
     relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn database_reconnects_are_counted_when_the_relays_connections_are_killed() {
+    let env = TestEnv::new("db_reconnects").await;
+    let app_name = unique("reconnects");
+    let url = format!("{PG_URL}?application_name={app_name}");
+    let relay = Running::start(env.run_args_with(&url, AMQP_URL, &[])).await;
+    env.insert_rows(5).await;
+    assert!(wait_until(WITHIN, || async { env.count_sent().await == 5 }).await);
+    let m = scrape(&relay).await;
+    assert_eq!(
+        m.get("outbox_relay_reconnects_total", &[("service", "database")]),
+        Some(0.0)
+    );
+    let killed = env
+        .scalar(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app_name}'"
+        ))
+        .await;
+    assert!(killed > 0, "the relay holds connections");
+    env.insert_rows(5).await;
+    assert!(wait_until(WITHIN, || async { env.count_sent().await == 10 }).await);
+    let m = scrape_until(&relay, WITHIN, |m| {
+        m.get("outbox_relay_reconnects_total", &[("service", "database")])
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    relay.stop().await.unwrap();
+    let reconnects = m
+        .get("outbox_relay_reconnects_total", &[("service", "database")])
+        .unwrap();
+    assert!(
+        (1.0..=killed as f64).contains(&reconnects),
+        "{reconnects} reconnects after {killed} connections were killed"
+    );
     env.drop_schema().await;
 }

@@ -6,9 +6,8 @@ mod pgbouncer;
 
 use super::{output, relay};
 use crate::common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where `deploy/local/tls.sh` leaves the test PKI.
@@ -249,21 +248,6 @@ async fn an_expired_certificate_is_refused_by_both_clients() {
         "certificate expired",
     )
     .await;
-}
-
-/// Collects a child's stderr lines as they come.
-fn watch_stderr(child: &mut Child) -> Arc<Mutex<String>> {
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr piped");
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    log
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
-//! Logging setup. Logs go to stderr so that commands can print results on
-//! stdout; `--log-format json` emits one JSON object per line for clusters.
+//! Logging and tracing setup. Logs go to stderr so that commands can print
+//! results on stdout; `--log-format json` emits one JSON object per line for
+//! clusters. Spans are exported over OTLP when the standard `OTEL_*`
+//! variables ask for it ([`otel`]); trace context travels with each message
+//! ([`context`]).
 //!
 //! Invariant 9: logging can never stop relaying. Lines are handed to a
 //! background thread through a bounded queue (`tracing-appender`, lossy): a
@@ -8,11 +11,20 @@
 //! the lines, never a panic. Both kinds of loss are counted
 //! ([`log_lines_dropped`]).
 
+pub mod context;
+pub mod otel;
+
+pub use context::TraceContext;
+
 use crate::config::{LogArgs, LogFormat};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Lines lost to a closed or failing stderr. Process-wide like the log
 /// subscriber it belongs to.
@@ -27,12 +39,19 @@ pub fn log_lines_dropped() -> u64 {
         + QUEUE_DROPS.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
-/// Keeps the log thread running; dropping it flushes what is queued.
+/// Keeps the log thread and the trace exporter running; dropping it flushes
+/// what is queued (spans first: flushing them may log).
 #[must_use = "logs stop when the guard is dropped"]
-pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+pub struct LogGuard {
+    _export: Option<otel::Export>,
+    _logs: WorkerGuard,
+}
 
-/// Installs the global subscriber. Fails on an invalid filter expression.
+/// Installs the global subscriber, with trace export when the environment
+/// asks for it (then a Tokio runtime must be entered). Fails on an invalid
+/// filter expression or an unsupported export setting.
 pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
+    let export = otel::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     let filter = EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level/OUTBOX_LOG {:?}: {e}", args.log_level))?
         // lapin logs a returned message whole (payload and headers) at WARN:
@@ -44,20 +63,42 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
         .thread_name("outbox-relay-log")
         .finish(Stderr);
     let _ = QUEUE_DROPS.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         // The default reports a failed write with eprintln!, which panics
         // when stderr is closed.
         .log_internal_errors(false)
         // Colour codes only for a person at a terminal, never in collected logs.
         .with_ansi(std::io::stderr().is_terminal());
-    match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
-    Ok(LogGuard(guard))
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match args.log_format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    let (export, spans) = match export {
+        None => (None, None),
+        Some(config) => {
+            let (export, tracer) = otel::install(&config)?;
+            // The relay's own spans only, whatever the log level: the
+            // libraries' spans (hyper, h2, lapin) would drown them.
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO));
+            (Some((export, config)), Some(spans))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(spans)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    let export = export.map(|(export, config)| {
+        tracing::info!(endpoint = %config.endpoint, "exporting traces over OTLP/gRPC");
+        export
+    });
+    Ok(LogGuard {
+        _export: export,
+        _logs: guard,
+    })
 }
 
 /// stderr that never fails: a write error drops (and counts) the line.
