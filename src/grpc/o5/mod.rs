@@ -69,7 +69,7 @@ fn headers_of(message: &Message) -> serde_json::Map<String, Value> {
     match &message.extension {
         Some(Extension::Request(r)) => set("o5-request-reply-to", &r.reply_to),
         Some(Extension::Reply(r)) => set("o5-reply-reply-to", &r.reply_to),
-        None => {}
+        Some(Extension::Event(_) | Extension::Upsert(_)) | None => {}
     }
     headers
 }
