@@ -6,6 +6,8 @@
 //! bytes are cut out of the request, not decoded and encoded again, so map
 //! order and unknown fields survive.
 
+pub mod j5json;
+
 use super::status::IngressError;
 use super::topology::{HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, method_route};
 use crate::outbox::NewMessage;
