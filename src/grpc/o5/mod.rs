@@ -2,14 +2,22 @@
 //! the o5 platform does (topic exchange `--o5-exchange`, routing key
 //! `service.<package/Service>.<Method>`).
 //!
-//! The body published is the `Message` exactly as the client encoded it: its
-//! bytes are cut out of the request, not decoded and encoded again, so map
-//! order and unknown fields survive.
+//! What is published depends on `--o5-wire`:
+//! - `j5json` (default): what an o5 worker's sidecar consumes. The message
+//!   is stamped as o5's own sidecar stamps what leaves an application
+//!   (`source_app` / `source_env` from `--o5-app` / `--o5-env`, the header
+//!   `o5-sidecar-outbox-version`, a request's `reply_to` = `<env>/<app>`),
+//!   then published whole as J5 JSON ([`j5json`]) with content type
+//!   `application/o5-message`.
+//! - `protobuf`: the `Message` exactly as the client encoded it: its bytes
+//!   are cut out of the request, not decoded and encoded again, so map order
+//!   and unknown fields survive.
 
 pub mod j5json;
 
 use super::status::IngressError;
 use super::topology::{HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, method_route};
+use crate::config::{GrpcArgs, O5Wire};
 use crate::outbox::NewMessage;
 use crate::proto::o5::messaging::v1::{Message, message::Extension};
 use prost::Message as _;
@@ -21,11 +29,84 @@ use std::time::Duration;
 pub const SEND_PATH: &str = "/o5.messaging.v1.topic.MessageBridgeTopic/Send";
 /// o5's limit on `delay_seconds`.
 const MAX_DELAY_SECONDS: i32 = 900;
+/// The header o5's sidecar adds to what it publishes, with its version.
+pub const VERSION_HEADER: &str = "o5-sidecar-outbox-version";
 
-/// Turns a `SendMessage` request into the message to store.
-pub fn to_new_message(request: &[u8], exchange: &str) -> Result<NewMessage, IngressError> {
-    let body = message_field(request)?.ok_or_else(|| missing("message"))?;
-    let message = Message::decode(body.as_slice()).map_err(|e| undecodable(&e))?;
+/// The bridge's configuration: where it publishes and how it stamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub exchange: String,
+    pub app: Option<String>,
+    pub env: Option<String>,
+    pub wire: O5Wire,
+}
+
+impl Bridge {
+    pub fn from_args(args: &GrpcArgs) -> Self {
+        Self {
+            exchange: args.o5_exchange(),
+            app: args.o5_app.clone(),
+            env: args.o5_env.clone(),
+            wire: args.o5_wire,
+        }
+    }
+
+    /// Turns a `SendMessage` request into the message to store.
+    pub fn to_new_message(&self, request: &[u8]) -> Result<NewMessage, IngressError> {
+        let sent = message_field(request)?.ok_or_else(|| missing("message"))?;
+        let mut message = Message::decode(sent.as_slice()).map_err(|e| undecodable(&e))?;
+        let mut message_id = check(&message)?;
+        let (payload, content_type) = match self.wire {
+            O5Wire::Protobuf => (sent, PROTOBUF),
+            O5Wire::J5json => {
+                // The body names its message: one sent without an id gets a
+                // fresh UUID, which is also the AMQP message_id.
+                if message_id.is_none() {
+                    let id = uuid::Uuid::new_v4();
+                    message.message_id = id.to_string();
+                    message_id = Some(id);
+                }
+                self.stamp(&mut message);
+                let json = j5json::encode(&message).map_err(IngressError::O5Json)?;
+                (json, j5json::CONTENT_TYPE)
+            }
+        };
+        Ok(NewMessage {
+            message_id,
+            exchange: self.exchange.clone(),
+            routing_key: method_route(&message.grpc_service, &message.grpc_method),
+            headers: headers_of(&message),
+            content_type: Some(content_type.to_owned()),
+            delay: Duration::from_secs(message.delay_seconds.unsigned_abs().into()),
+            payload,
+        })
+    }
+
+    /// What o5's sidecar sets on a message leaving its application.
+    fn stamp(&self, message: &mut Message) {
+        if let Some(app) = &self.app {
+            message.source_app.clone_from(app);
+        }
+        if let Some(env) = &self.env {
+            message.source_env.clone_from(env);
+        }
+        message.headers.insert(
+            VERSION_HEADER.to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        );
+        // Replies find their way back by `<env>/<app>`; with either unknown
+        // the sender's own reply_to is the only address there is.
+        if let (Some(Extension::Request(request)), Some(app), Some(env)) =
+            (&mut message.extension, &self.app, &self.env)
+        {
+            request.reply_to = format!("{env}/{app}");
+        }
+    }
+}
+
+/// The rules o5 puts on a message, checked before anything is stored;
+/// gives its message_id, if it has one.
+fn check(message: &Message) -> Result<Option<uuid::Uuid>, IngressError> {
     if message.grpc_service.is_empty() {
         return Err(missing("message.grpc_service"));
     }
@@ -35,19 +116,12 @@ pub fn to_new_message(request: &[u8], exchange: &str) -> Result<NewMessage, Ingr
     if !(0..=MAX_DELAY_SECONDS).contains(&message.delay_seconds) {
         return Err(IngressError::DelayOutOfRange(message.delay_seconds.into()));
     }
-    let message_id = match message.message_id.as_str() {
-        "" => None,
-        id => Some(uuid::Uuid::parse_str(id).map_err(|_| IngressError::MessageId(id.to_owned()))?),
-    };
-    Ok(NewMessage {
-        message_id,
-        exchange: exchange.to_owned(),
-        routing_key: method_route(&message.grpc_service, &message.grpc_method),
-        headers: headers_of(&message),
-        content_type: Some(PROTOBUF.to_owned()),
-        delay: Duration::from_secs(message.delay_seconds.unsigned_abs().into()),
-        payload: body,
-    })
+    match message.message_id.as_str() {
+        "" => Ok(None),
+        id => uuid::Uuid::parse_str(id)
+            .map(Some)
+            .map_err(|_| IngressError::MessageId(id.to_owned())),
+    }
 }
 
 /// The message's own headers, then what names it (which win on a clash).
@@ -124,83 +198,4 @@ fn undecodable(reason: &dyn std::fmt::Display) -> IngressError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::o5::messaging::v1::topic::SendMessage;
-
-    fn send(message: Message) -> Vec<u8> {
-        SendMessage {
-            message: Some(message),
-        }
-        .encode_to_vec()
-    }
-
-    #[test]
-    fn the_body_is_the_message_bytes_the_client_sent() {
-        let message = Message {
-            message_id: "6f1c1d2e-8a40-4a57-b3f4-3c1f0a8e5b21".into(),
-            grpc_service: "orders.v1.OrderEvents".into(),
-            grpc_method: "Created".into(),
-            headers: [("tenant".to_owned(), "acme".to_owned())].into(),
-            delay_seconds: 30,
-            ..Default::default()
-        };
-        let new = to_new_message(&send(message.clone()), "o5").unwrap();
-        assert_eq!(new.payload, message.encode_to_vec());
-        assert_eq!(new.routing_key, "service.orders/v1/OrderEvents.Created");
-        assert_eq!(new.delay, Duration::from_secs(30));
-        assert_eq!(new.headers["tenant"], "acme");
-        assert_eq!(new.headers[HEADER_METHOD], "Created");
-    }
-
-    #[test]
-    fn bad_requests_are_refused_with_the_reason() {
-        let ok = Message {
-            grpc_service: "a.B".into(),
-            grpc_method: "C".into(),
-            ..Default::default()
-        };
-        let cases = [
-            (
-                Message {
-                    delay_seconds: 901,
-                    ..ok.clone()
-                },
-                "delay",
-            ),
-            (
-                Message {
-                    delay_seconds: -1,
-                    ..ok.clone()
-                },
-                "delay",
-            ),
-            (
-                Message {
-                    message_id: "order-42".into(),
-                    ..ok.clone()
-                },
-                "UUID",
-            ),
-            (
-                Message {
-                    grpc_method: String::new(),
-                    ..ok.clone()
-                },
-                "grpc_method",
-            ),
-        ];
-        for (message, expected) in cases {
-            let e = to_new_message(&send(message), "o5").unwrap_err();
-            assert!(e.to_string().contains(expected), "{e}");
-        }
-        assert!(matches!(
-            to_new_message(&[], "o5"),
-            Err(IngressError::Missing { .. })
-        ));
-        assert!(matches!(
-            to_new_message(&[0x0a, 0x05, 0x01], "o5"),
-            Err(IngressError::Undecodable { .. })
-        ));
-    }
-}
+mod tests;
