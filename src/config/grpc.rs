@@ -44,8 +44,29 @@ pub struct GrpcArgs {
     #[arg(long, env = "OUTBOX_DECLARE_TOPOLOGY")]
     pub declare_topology: bool,
     /// Topic exchange of the o5 bridge (`o5.messaging.v1.topic.MessageBridgeTopic`).
-    #[arg(long, env = "OUTBOX_O5_EXCHANGE", default_value = "o5-messaging")]
-    pub o5_exchange: String,
+    /// Default: `o5.<--o5-env>` (the exchange o5 workers subscribe to) with
+    /// --o5-env, else `o5-messaging`. Read it with [`GrpcArgs::o5_exchange`].
+    #[arg(
+        long = "o5-exchange",
+        env = "OUTBOX_O5_EXCHANGE",
+        value_name = "EXCHANGE"
+    )]
+    pub o5_exchange_flag: Option<String>,
+    /// The o5 application this sidecar runs beside: the o5 bridge writes it
+    /// to each message's `source_app` (else the sender's value is kept) and,
+    /// with --o5-env, a request's `reply_to` becomes `<env>/<app>`.
+    #[arg(long, env = "OUTBOX_O5_APP")]
+    pub o5_app: Option<String>,
+    /// The o5 environment (its full name): written to each message's
+    /// `source_env`, and the default --o5-exchange becomes `o5.<env>`.
+    #[arg(long, env = "OUTBOX_O5_ENV")]
+    pub o5_env: Option<String>,
+    /// What the o5 bridge publishes: `j5json`, the whole
+    /// `o5.messaging.v1.Message` as J5 JSON with content type
+    /// `application/o5-message` (what o5 workers read); `protobuf`, the
+    /// message's bytes as the client sent them (`application/protobuf`).
+    #[arg(long, env = "OUTBOX_O5_WIRE", value_enum, default_value_t = O5Wire::J5json)]
+    pub o5_wire: O5Wire,
     /// Largest gRPC request accepted, e.g. 4MiB; larger ones get
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "OUTBOX_GRPC_MAX_REQUEST_SIZE", default_value = "4MiB", value_parser = parse_size)]
@@ -76,6 +97,31 @@ pub struct GrpcArgs {
     /// Mutual TLS: accept only clients with a certificate signed by this PEM CA.
     #[arg(long, env = "OUTBOX_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
     pub grpc_tls_client_ca: Option<PathBuf>,
+}
+
+/// The o5 exchange when --o5-exchange is not given and --o5-env is not set.
+pub const DEFAULT_O5_EXCHANGE: &str = "o5-messaging";
+
+impl GrpcArgs {
+    /// The o5 bridge's exchange: --o5-exchange when given, else `o5.<env>`
+    /// with --o5-env (as o5's own publisher names it), else
+    /// [`DEFAULT_O5_EXCHANGE`].
+    pub fn o5_exchange(&self) -> String {
+        match (&self.o5_exchange_flag, &self.o5_env) {
+            (Some(exchange), _) => exchange.clone(),
+            (None, Some(env)) => format!("o5.{env}"),
+            (None, None) => DEFAULT_O5_EXCHANGE.to_owned(),
+        }
+    }
+}
+
+/// The body the o5 bridge publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum O5Wire {
+    /// The whole `o5.messaging.v1.Message` as J5 JSON (`application/o5-message`).
+    J5json,
+    /// The `Message` bytes as sent (`application/protobuf`).
+    Protobuf,
 }
 
 /// How the ingress stores what it accepts.
@@ -122,5 +168,58 @@ impl FromStr for ReflectionUrl {
             ));
         }
         Ok(Self(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command, ConfigError, RunArgs};
+    use super::*;
+    use clap::Parser;
+
+    fn run(extra: &[&str]) -> RunArgs {
+        let argv = ["outbox-relay", "run"].iter().chain(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_o5_exchange_is_the_flag_else_o5_dot_env_else_the_default() {
+        assert_eq!(run(&[]).grpc.o5_exchange(), DEFAULT_O5_EXCHANGE);
+        assert_eq!(run(&["--o5-env", "prod"]).grpc.o5_exchange(), "o5.prod");
+        let both = run(&["--o5-env", "prod", "--o5-exchange", "events"]);
+        assert_eq!(both.grpc.o5_exchange(), "events");
+        assert_eq!(
+            run(&["--o5-exchange", "events"]).grpc.o5_exchange(),
+            "events"
+        );
+    }
+
+    #[test]
+    fn the_o5_wire_is_j5_json_unless_protobuf_is_asked_for() {
+        assert_eq!(run(&[]).grpc.o5_wire, O5Wire::J5json);
+        let protobuf = run(&["--o5-wire", "protobuf"]);
+        assert_eq!(protobuf.grpc.o5_wire, O5Wire::Protobuf);
+        let argv = ["outbox-relay", "run", "--o5-wire", "json"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn empty_o5_names_and_oversized_exchanges_are_refused() {
+        for (flags, want) in [
+            (vec!["--o5-app", ""], ConfigError::O5Empty("o5-app")),
+            (vec!["--o5-env", ""], ConfigError::O5Empty("o5-env")),
+            (vec!["--o5-exchange", ""], ConfigError::O5Exchange(0)),
+        ] {
+            assert_eq!(run(&flags).validate(), Err(want), "{flags:?}");
+        }
+        let long_env = "e".repeat(253);
+        let e = run(&["--o5-env", &long_env]).validate().unwrap_err();
+        assert_eq!(e, ConfigError::O5Exchange(256));
+        run(&["--o5-app", "shop", "--o5-env", "prod"])
+            .validate()
+            .unwrap();
     }
 }

@@ -12,7 +12,10 @@ mod secrets;
 mod tls;
 mod values;
 
-pub use grpc::{DEFAULT_GRPC_ADDR, GrpcArgs, GrpcListen, IngressMode, ReflectionUrl};
+pub use grpc::{
+    DEFAULT_GRPC_ADDR, DEFAULT_O5_EXCHANGE, GrpcArgs, GrpcListen, IngressMode, O5Wire,
+    ReflectionUrl,
+};
 pub use http::{DEFAULT_HTTP_ADDR, HttpArgs, HttpListen};
 pub use tls::{AmqpTls, SslMode};
 pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
@@ -374,8 +377,10 @@ pub enum ConfigError {
     BatchTooLarge(usize),
     #[error("--{0} must be greater than zero")]
     ZeroDuration(&'static str),
-    #[error("--o5-exchange must be 1 to 255 bytes, not {0}")]
+    #[error("the o5 exchange (--o5-exchange, or o5.<--o5-env>) must be 1 to 255 bytes, not {0}")]
     O5Exchange(usize),
+    #[error("--{0} must not be empty")]
+    O5Empty(&'static str),
     #[error("--grpc-max-request-size {0} is below the minimum of {MIN_GRPC_REQUEST} bytes")]
     GrpcRequestTooSmall(usize),
 }
@@ -407,7 +412,12 @@ impl RunArgs {
                 max: self.backoff_max,
             });
         }
-        let o5 = self.grpc.o5_exchange.len();
+        for (flag, value) in [("o5-app", &self.grpc.o5_app), ("o5-env", &self.grpc.o5_env)] {
+            if value.as_deref() == Some("") {
+                return Err(ConfigError::O5Empty(flag));
+            }
+        }
+        let o5 = self.grpc.o5_exchange().len();
         if o5 == 0 || o5 > 255 {
             return Err(ConfigError::O5Exchange(o5));
         }

@@ -179,6 +179,10 @@ impl Ingress {
         let token = self.args.grpc_token.as_ref().map(|t| t.expose());
         tracing::info!(addr = %self.addr, mode = ?self.args.ingress_mode,
             tls = self.args.grpc_tls_cert.is_some(), token = token.is_some(), "gRPC ingress listening");
+        if self.args.o5_app.is_none() || self.args.o5_env.is_none() {
+            tracing::warn!(o5_app = ?self.args.o5_app, o5_env = ?self.args.o5_env,
+                "o5 workers expect --o5-app and --o5-env: without them the o5 bridge keeps the sender's source_app, source_env and request reply_to");
+        }
         if token.is_none() && !self.addr.ip().is_loopback() {
             tracing::warn!(addr = %self.addr, "gRPC ingress listens beyond loopback with no --grpc-token or mTLS");
         }
@@ -213,7 +217,7 @@ impl Ingress {
         let topics = TopicIngress::new(
             self.sink.clone(),
             self.catalog.clone(),
-            self.args.o5_exchange.clone(),
+            o5::Bridge::from_args(&self.args),
             max,
         );
         let router = builder.routes().into_axum_router().fallback_service(topics);
@@ -232,10 +236,7 @@ impl Ingress {
     }
 
     fn start_catalog_tasks(&self, tracker: &TaskTracker, stop: &CancellationToken) {
-        let declare = self
-            .args
-            .declare_topology
-            .then(|| self.args.o5_exchange.clone());
+        let declare = self.args.declare_topology.then(|| self.args.o5_exchange());
         match &self.args.descriptor_reflection {
             Some(url) => {
                 tracker.spawn(load_from_reflection(

@@ -60,22 +60,17 @@ pub struct TopicIngress {
 struct Shared {
     sink: Arc<Sink>,
     catalog: CatalogSlot,
-    o5_exchange: String,
+    o5: o5::Bridge,
     max_request: usize,
 }
 
 impl TopicIngress {
-    pub fn new(
-        sink: Arc<Sink>,
-        catalog: CatalogSlot,
-        o5_exchange: String,
-        max_request: usize,
-    ) -> Self {
+    pub fn new(sink: Arc<Sink>, catalog: CatalogSlot, o5: o5::Bridge, max_request: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 sink,
                 catalog,
-                o5_exchange,
+                o5,
                 max_request,
             }),
         }
@@ -139,7 +134,7 @@ impl Shared {
     ) -> Result<NewMessage, IngressError> {
         let bytes = request.get_ref();
         if path == o5::SEND_PATH {
-            return o5::to_new_message(bytes, &self.o5_exchange);
+            return self.o5.to_new_message(bytes);
         }
         let catalog = self.catalog.get().ok_or(IngressError::CatalogPending)?;
         let method = catalog

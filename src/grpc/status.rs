@@ -25,6 +25,8 @@ pub enum IngressError {
     EmptyBatch,
     #[error("request does not decode as {type_name}: {reason}")]
     Undecodable { type_name: String, reason: String },
+    #[error("the o5 message cannot be written as J5 JSON: {0}")]
+    O5Json(#[source] super::o5::j5json::J5Error),
     #[error("{field} is required")]
     Missing { field: String },
     #[error("reply-to field {path:?} names no requester (empty or over 255 bytes)")]
@@ -56,6 +58,7 @@ impl IngressError {
             | Self::EmptyBatch
             | Self::Undecodable { .. }
             | Self::Missing { .. }
+            | Self::O5Json(_)
             | Self::NoRequester { .. } => Code::InvalidArgument,
             Self::Publish(PublishError::Returned { .. }) | Self::ExchangeMissing(_) => {
                 Code::FailedPrecondition

@@ -1,12 +1,12 @@
 //! The one definition of how the three topologies map onto RabbitMQ, and the
 //! catalog of topic services read from an application's descriptors.
 //!
-//! | topology  | exchange (kind)           | routing key                          |
-//! |-----------|---------------------------|--------------------------------------|
-//! | broadcast | `<topic_name>` (topic)    | `service.<package/Service>.<Method>` |
-//! | unicast   | `""` (default)            | `<worker_name>`: its input queue     |
-//! | reply     | `""` (default)            | the requester named in the message   |
-//! | o5 bridge | `--o5-exchange` (topic)   | `service.<package/Service>.<Method>` |
+//! | topology  | exchange (kind)                     | routing key                          |
+//! |-----------|-------------------------------------|--------------------------------------|
+//! | broadcast | `<topic_name>` (topic)              | `service.<package/Service>.<Method>` |
+//! | unicast   | `""` (default)                      | `<worker_name>`: its input queue     |
+//! | reply     | `""` (default)                      | the requester named in the message   |
+//! | o5 bridge | `--o5-exchange`, `o5.<env>` (topic) | `service.<package/Service>.<Method>` |
 //!
 //! Invariants owned here: a service is served only if every rpc is unary and
 //! returns `google.protobuf.Empty`, its names fit AMQP's 255-byte limit, and

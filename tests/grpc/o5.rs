@@ -1,12 +1,14 @@
 //! The o5 bridge, called with a client generated from the o5-compatible
-//! protos: routed as o5 routes, the body byte for byte, and buffered in the
-//! outbox while the broker is down.
+//! protos: routed as o5 routes, published as o5 workers read it (J5 JSON,
+//! stamped with --o5-app / --o5-env) or, with `--o5-wire protobuf`, byte for
+//! byte, and buffered in the outbox while the broker is down.
 
 use super::*;
 use common::proxy::FaultProxy;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
-use outbox_relay::proto::o5::messaging::v1::message::{Extension, Reply, Request};
+use outbox_relay::grpc::o5::{VERSION_HEADER, j5json};
+use outbox_relay::proto::o5::messaging::v1::message::{Event, Extension, Reply, Request};
 use outbox_relay::proto::o5::messaging::v1::topic::SendMessage;
 use outbox_relay::proto::o5::messaging::v1::topic::message_bridge_topic_client::MessageBridgeTopicClient;
 use outbox_relay::proto::o5::messaging::v1::{Any, Message};
@@ -37,6 +39,12 @@ fn o5_message(reply_to: Extension) -> Message {
 /// A topic exchange of this test's own, bound to the test queue.
 async fn o5_exchange(env: &TestEnv) -> String {
     let exchange = unique("o5");
+    bind_exchange(env, &exchange).await;
+    exchange
+}
+
+/// Declares the topic exchange `exchange` and binds the test queue to it.
+async fn bind_exchange(env: &TestEnv, exchange: &str) {
     let durable = ExchangeDeclareOptions {
         durable: true,
         auto_delete: true,
@@ -44,7 +52,7 @@ async fn o5_exchange(env: &TestEnv) -> String {
     };
     env.channel
         .exchange_declare(
-            exchange.as_str().into(),
+            exchange.into(),
             lapin::ExchangeKind::Topic,
             durable,
             FieldTable::default(),
@@ -54,21 +62,21 @@ async fn o5_exchange(env: &TestEnv) -> String {
     env.channel
         .queue_bind(
             env.queue.as_str().into(),
-            exchange.as_str().into(),
+            exchange.into(),
             "service.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
-    exchange
 }
 
 #[tokio::test]
-async fn an_o5_send_is_published_as_o5_routes_it_with_its_body_byte_for_byte() {
+async fn with_the_protobuf_wire_an_o5_send_is_published_as_o5_routes_it_with_its_body_byte_for_byte()
+ {
     let env = TestEnv::new("grpc_o5").await;
     let exchange = o5_exchange(&env).await;
-    let relay = sidecar(&env, &["--o5-exchange", &exchange]).await;
+    let relay = sidecar(&env, &["--o5-exchange", &exchange, "--o5-wire", "protobuf"]).await;
     let mut client = MessageBridgeTopicClient::new(channel(&relay).await);
     let request = o5_message(Extension::Request(Request {
         reply_to: "shop-1".into(),
@@ -118,6 +126,126 @@ async fn an_o5_send_is_published_as_o5_routes_it_with_its_body_byte_for_byte() {
         Some("shop-1")
     );
     assert_eq!(header(second, "o5-request-reply-to"), None);
+    assert_eq!(header(first, VERSION_HEADER), None, "nothing is stamped");
+    env.drop_schema().await;
+}
+
+/// What o5's sidecar makes of `sent` when it leaves app `shop` in env `test`.
+fn stamped(sent: &Message) -> Message {
+    let mut want = sent.clone();
+    want.source_app = "shop".into();
+    want.source_env = "test".into();
+    want.headers
+        .insert(VERSION_HEADER.into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(Extension::Request(request)) = &mut want.extension {
+        request.reply_to = "test/shop".into();
+    }
+    want
+}
+
+#[tokio::test]
+async fn an_o5_send_arrives_as_an_o5_message_in_j5_json_stamped_with_the_app_and_env() {
+    let env = TestEnv::new("grpc_o5_j5").await;
+    let exchange = o5_exchange(&env).await;
+    let o5 = [
+        "--o5-exchange",
+        &exchange,
+        "--o5-app",
+        "shop",
+        "--o5-env",
+        "test",
+    ];
+    let relay = sidecar(&env, &o5).await;
+    let mut client = MessageBridgeTopicClient::new(channel(&relay).await);
+    let request = Message {
+        timestamp: Some(prost_types::Timestamp {
+            seconds: 1_767_225_600,
+            nanos: 500_000_000,
+        }),
+        delay_seconds: 0,
+        destination_topic: "greetings".into(),
+        ..o5_message(Extension::Request(Request {
+            reply_to: "whatever-the-sender-said".into(),
+        }))
+    };
+    let reply = o5_message(Extension::Reply(Reply {
+        reply_to: "test/billing".into(),
+    }));
+    let event = Message {
+        source_env: "the-sender-env".into(),
+        ..o5_message(Extension::Event(Event {
+            entity_name: "greeting.v1.greeting".into(),
+        }))
+    };
+    let sent = [request, reply, event];
+    for message in &sent {
+        client
+            .send(SendMessage {
+                message: Some(message.clone()),
+            })
+            .await
+            .expect("stored");
+    }
+    let got = env.consume(3, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 3);
+    for message in &sent {
+        let delivery = got
+            .iter()
+            .find(|d| common::message_id(d) == message.message_id)
+            .expect("each message arrives");
+        assert_eq!(delivery.exchange.as_str(), exchange);
+        assert_eq!(
+            content_type(delivery).as_deref(),
+            Some("application/o5-message")
+        );
+        let body = j5json::decode(&delivery.data).expect("the body is J5 JSON");
+        assert_eq!(body, stamped(message));
+        assert_eq!(header(delivery, "o5-source-app").as_deref(), Some("shop"));
+        assert_eq!(header(delivery, "o5-source-env").as_deref(), Some("test"));
+        assert_eq!(header(delivery, "tenant").as_deref(), Some("acme"));
+        assert_eq!(
+            header(delivery, VERSION_HEADER).as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let request = got
+        .iter()
+        .find(|d| common::message_id(d) == sent[0].message_id)
+        .unwrap();
+    assert_eq!(
+        header(request, "o5-request-reply-to").as_deref(),
+        Some("test/shop")
+    );
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn with_o5_env_and_no_o5_exchange_the_bridge_publishes_to_o5_dot_env() {
+    let env = TestEnv::new("grpc_o5_envx").await;
+    let o5_env = unique("env");
+    bind_exchange(&env, &format!("o5.{o5_env}")).await;
+    let relay = sidecar(&env, &["--o5-env", &o5_env, "--o5-app", "shop"]).await;
+    let mut client = MessageBridgeTopicClient::new(channel(&relay).await);
+    let message = o5_message(Extension::Request(Request::default()));
+    client
+        .send(SendMessage {
+            message: Some(message.clone()),
+        })
+        .await
+        .expect("stored");
+    let got = env.consume(1, WITHIN, Duration::ZERO).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 1, "published to o5.<env>, which is bound");
+    assert_eq!(got[0].exchange.as_str(), format!("o5.{o5_env}"));
+    let body = j5json::decode(&got[0].data).unwrap();
+    assert_eq!(body.source_env, o5_env);
+    assert_eq!(
+        body.extension,
+        Some(Extension::Request(Request {
+            reply_to: format!("{o5_env}/shop"),
+        }))
+    );
     env.drop_schema().await;
 }
 
