@@ -61,6 +61,10 @@ fn every_setting_the_deploy_files_use_is_one_the_binary_documents() {
         "deploy/k8s/secret.example.yaml",
     ] {
         for var in outbox_vars(&read(file)) {
+            // Read by the compiler (the commit in build_info), not by `run`.
+            if var == "OUTBOX_RELAY_COMMIT" {
+                continue;
+            }
             assert!(
                 documented.contains(&format!("[env: {var}")),
                 "{file} uses {var}, which `outbox-relay run/migrate --help` does not document"
@@ -119,6 +123,44 @@ fn the_pod_grace_period_outlasts_the_relay_shutdown_timeout() {
         grace > shutdown.as_secs() + 5,
         "grace {grace}s vs shutdown {shutdown:?}"
     );
+}
+
+#[test]
+fn the_probes_and_the_scrape_target_are_the_port_the_configmap_opens() {
+    let data = configmap_data();
+    let addr: std::net::SocketAddr = data["OUTBOX_HTTP_ADDR"].parse().unwrap();
+    assert!(
+        addr.ip().is_unspecified(),
+        "the kubelet probes the pod IP, not loopback"
+    );
+    let port = addr.port().to_string();
+    let deployment = read("deploy/k8s/deployment.yaml");
+    let has = |text: &str| deployment.contains(text);
+    assert!(has(&format!("containerPort: {port}")), "containerPort");
+    assert!(
+        has(&format!("prometheus.io/port: \"{port}\"")),
+        "scrape annotation"
+    );
+    for probe in [
+        "startupProbe:\n            httpGet: {path: /readyz, port: metrics}",
+        "livenessProbe:\n            httpGet: {path: /livez, port: metrics}",
+        "readinessProbe:\n            httpGet: {path: /readyz, port: metrics}",
+    ] {
+        assert!(has(probe), "missing {probe}");
+    }
+    // The restricted Pod Security profile, for each of the three containers.
+    assert_eq!(
+        deployment
+            .matches("allowPrivilegeEscalation: false")
+            .count(),
+        2
+    );
+    assert_eq!(
+        deployment.matches("securityContext: *restricted").count(),
+        1
+    );
+    let podmonitor = read("deploy/k8s/podmonitor.yaml");
+    assert!(podmonitor.contains("port: metrics"));
 }
 
 #[test]

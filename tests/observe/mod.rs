@@ -331,7 +331,14 @@ async fn promtool_accepts_the_live_metrics() {
         .unwrap();
     let log = watch_stderr(&mut child);
     let http = wait_for_addr(&log, "HTTP port listening").await;
+    let grpc = wait_for_addr(&log, "gRPC ingress listening").await;
     assert!(wait_until(WITHIN, || async { env.count_sent().await == 5 }).await);
+    // One gRPC call, so that its families have a series to show.
+    let mut client = PublisherClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let refused = client.publish(PublishRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let metrics = http_get(http, "/metrics", None).await;
     let _ = sigterm(child).await;
     assert_eq!(metrics.status, 200);
@@ -361,5 +368,43 @@ async fn promtool_accepts_the_live_metrics() {
         metrics.body
     );
     assert!(said.trim().is_empty(), "promtool has remarks: {said}");
+
+    // Every series the alerting rules and the dashboard query is served.
+    let served: Vec<&str> = metrics
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for file in [
+        "deploy/observability/alerts.yml",
+        "deploy/observability/dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut names: Vec<&str> = text
+            .match_indices("outbox_relay_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        names.dedup();
+        for name in names {
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            let family = family.strip_suffix("_total").unwrap_or(family);
+            assert!(
+                served
+                    .iter()
+                    .any(|s| *s == family || s.strip_suffix("_total") == Some(family)),
+                "{file} queries {name}, which /metrics does not serve"
+            );
+        }
+    }
     env.drop_schema().await;
 }
