@@ -103,11 +103,11 @@ impl App {
         };
         let wake = Arc::new(Notify::new());
         let health = Arc::new(Health::new(args.concurrency.get()));
-        let metrics = Arc::new(Metrics::for_process(
-            health.clone(),
-            broker.clone(),
-            outbox.clone(),
-        ));
+        let metrics = Metrics::for_process(health.clone(), broker.clone(), outbox.clone());
+        let metrics = Arc::new(match args.http.http_addr {
+            HttpListen::On(_) => metrics,
+            HttpListen::Off => metrics.without_recording(),
+        });
         let ingress = Ingress::build(
             &args.grpc,
             Outbox::new(ingress_pool, args.db.schema.clone()),

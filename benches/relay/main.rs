@@ -149,6 +149,7 @@ async fn drains(
             );
         }
         poison(report, channel, queue, backlog).await;
+        metrics_overhead(report, channel, queue, backlog).await;
         large_rows(report, channel, queue).await;
         if opts.tls {
             tls(report, channel, queue, backlog).await;
@@ -208,6 +209,49 @@ async fn tls(
         Row::new("tls", queue.kind.name(), "TLS to both vs plaintext".into())
             .rate(rates[1])
             .ratio(rates[1] / rates[0], 0.80),
+    );
+}
+
+/// The drain with metrics recorded (the HTTP port on, the default) against
+/// the same drain recording none (`--http-addr none`), interleaved twice so
+/// that drift on the machine hits both alike.
+async fn metrics_overhead(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    let (mut on, mut off) = (0.0, 0.0);
+    for round in 0..2 {
+        let d = scenarios::drain(
+            queue,
+            channel,
+            &format!("metrics_off_{round}"),
+            backlog,
+            1,
+            &["--http-addr", "none"],
+        )
+        .await;
+        off += d.rate / 2.0;
+        let d = scenarios::drain(
+            queue,
+            channel,
+            &format!("metrics_on_{round}"),
+            backlog,
+            1,
+            &[],
+        )
+        .await;
+        on += d.rate / 2.0;
+    }
+    report.add(
+        Row::new(
+            "metrics",
+            queue.kind.name(),
+            "drain, metrics on vs off".into(),
+        )
+        .rate(on)
+        .ratio(on / off, 0.95),
     );
 }
 

@@ -224,12 +224,16 @@ pub struct ProcessCost {
 
 impl RelayProcess {
     pub fn spawn(schema: &Schema, extra: &[&str]) -> Self {
-        let child = Command::new(RELAY)
+        let mut command = Command::new(RELAY);
+        command
             .args(["run", "--schema", &schema.name, "--log-level", "warn"])
             .args(["--grpc-addr", "none"])
+            .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()]);
+        if !extra.contains(&"--http-addr") {
             // Several relays run side by side in some scenarios.
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()])
+            command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        let child = command
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -174,6 +174,9 @@ pub struct Metrics {
     table_dead_tuples: Gauge,
     table_last_autovacuum: FloatGauge,
     grpc: grpc::GrpcSeries,
+    /// False when nothing serves the registry (`--http-addr none`): then
+    /// nothing is recorded, and the hot path pays one branch.
+    recording: bool,
 }
 
 impl Default for Metrics {
@@ -281,7 +284,14 @@ impl Metrics {
             table_dead_tuples: table.dead_tuples,
             table_last_autovacuum: table.last_autovacuum,
             grpc,
+            recording: true,
         }
+    }
+
+    /// Records nothing from now on: for a process that serves no metrics.
+    pub fn without_recording(mut self) -> Self {
+        self.recording = false;
+        self
     }
 
     /// The exposition of every series, in `format`.
@@ -305,6 +315,9 @@ impl Metrics {
 
     /// `count` messages to `exchange` were confirmed.
     pub fn record_published(&self, exchange: &str, count: u64) {
+        if !self.recording {
+            return;
+        }
         let exchange = if exchange.is_empty() {
             DEFAULT_EXCHANGE
         } else {
@@ -343,6 +356,9 @@ impl Metrics {
 
     /// One message failed for `reason`.
     pub fn record_failure(&self, reason: FailReason) {
+        if !self.recording {
+            return;
+        }
         let index = FailReason::ALL
             .iter()
             .position(|r| *r == reason)
@@ -352,13 +368,16 @@ impl Metrics {
 
     /// `count` rows were dead-lettered (committed).
     pub fn record_dead_lettered(&self, count: u64) {
-        if count > 0 {
+        if self.recording && count > 0 {
             self.dead_lettered.inc_by(count);
         }
     }
 
     /// A batch of `size` rows and where its time went: claim, publish, mark.
     pub fn record_batch(&self, size: usize, timings: [Duration; 3]) {
+        if !self.recording {
+            return;
+        }
         self.batch_size.observe(size as f64);
         for (histogram, time) in self.batch_duration.iter().zip(timings) {
             histogram.observe(time.as_secs_f64());
@@ -368,6 +387,9 @@ impl Metrics {
     /// Latency of messages acked at `acked_at` (seconds since the Unix
     /// epoch) that were created at each of `created` (whole seconds).
     pub fn record_deliveries(&self, acked_at: f64, created: impl Iterator<Item = i64>) {
+        if !self.recording {
+            return;
+        }
         for epoch in created {
             // Clocks of two machines: a little skew must not go negative.
             self.delivery_latency
@@ -377,6 +399,9 @@ impl Metrics {
 
     /// One gRPC call to `path` answered `code` after `elapsed`.
     pub fn record_grpc(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        if !self.recording {
+            return;
+        }
         self.grpc.record(path, code, elapsed);
     }
 

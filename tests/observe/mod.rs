@@ -114,6 +114,20 @@ async fn wait_for_addr(log: &Arc<Mutex<String>>, message: &str) -> SocketAddr {
     addr.unwrap()
 }
 
+/// Kills the relay if the test ends before it was stopped (a failed
+/// assertion must not leave a relay running).
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 async fn sigterm(child: Child) -> std::process::ExitStatus {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -165,6 +179,7 @@ async fn exported_spans_chain_the_caller_the_grpc_call_and_each_published_messag
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    let _reap = Reap(child.id());
     let log = watch_stderr(&mut child);
     let grpc = wait_for_addr(&log, "gRPC ingress listening").await;
     let mut client = PublisherClient::connect(format!("http://{grpc}"))
@@ -290,6 +305,7 @@ async fn livez_is_503_while_a_worker_is_wedged_and_200_once_it_moves_again() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    let _reap = Reap(child.id());
     let log = watch_stderr(&mut child);
     let http = wait_for_addr(&log, "HTTP port listening").await;
     let deadline = tokio::time::Instant::now() + WITHIN;
@@ -329,6 +345,7 @@ async fn promtool_accepts_the_live_metrics() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reap = Reap(child.id());
     let log = watch_stderr(&mut child);
     let http = wait_for_addr(&log, "HTTP port listening").await;
     let grpc = wait_for_addr(&log, "gRPC ingress listening").await;
