@@ -74,7 +74,8 @@ impl App {
             relay_pg_config(&args),
             args.db.database_url.tls(),
             PoolOptions {
-                max_size: args.concurrency.get() + 2,
+                // Two claims per worker (one in flight, one marked), the wake-up listener, a spare.
+                max_size: 2 * args.concurrency.get() + 2,
                 timeout: SERVICE_TIMEOUT,
             },
             &opened,

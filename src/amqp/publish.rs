@@ -2,14 +2,16 @@
 //!
 //! All publishes of a batch are written before any confirm is awaited, and
 //! the confirms are awaited together under one deadline: the broker sees a
-//! full window at once instead of one round trip per message.
+//! full window at once instead of one round trip per message. A batch may be
+//! sent before the previous one is confirmed ([`Publisher::send_batch`]), so
+//! that the broker always has work while the relay marks and claims.
 
 use super::Encoded;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
-use lapin::{Channel, Confirmation};
+use lapin::{Channel, Confirmation, PublisherConfirm};
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
@@ -86,6 +88,22 @@ impl Publisher {
         batch: Vec<Outgoing<'_>>,
         confirm_timeout: Duration,
     ) -> Vec<Result<(), PublishError>> {
+        self.send_batch(batch, confirm_timeout)
+            .await
+            .confirmed()
+            .await
+    }
+
+    /// Writes `batch` to the channel and returns without waiting for the
+    /// broker's confirms, so that the next batch can follow while the
+    /// broker works on this one (the confirm window never drains).
+    /// [`SentBatch::confirmed`] waits for them, up to `confirm_timeout`
+    /// after this call.
+    pub async fn send_batch(
+        &self,
+        batch: Vec<Outgoing<'_>>,
+        confirm_timeout: Duration,
+    ) -> SentBatch {
         let deadline = Instant::now() + confirm_timeout;
         let count = batch.len();
         let options = BasicPublishOptions {
@@ -103,27 +121,33 @@ impl Publisher {
                 out.envelope.properties,
             )
         });
-        let Ok(sent) = timeout_at(deadline, join_all(sends)).await else {
-            return (0..count)
+        let timed_out = || {
+            (0..count)
                 .map(|_| Err(PublishError::Timeout(confirm_timeout)))
-                .collect();
+                .collect()
         };
-
+        let Ok(sent) = timeout_at(deadline, join_all(sends)).await else {
+            return SentBatch {
+                results: timed_out(),
+                confirms: Vec::new(),
+                deadline,
+            };
+        };
         kill_point!("relay_after_publish");
         let mut results: Vec<Result<(), PublishError>> = Vec::with_capacity(sent.len());
-        let mut confirms = FuturesUnordered::new();
+        let mut confirms = Vec::with_capacity(sent.len());
         for (index, send) in sent.into_iter().enumerate() {
             results.push(Err(PublishError::Timeout(confirm_timeout)));
             match send {
-                Ok(confirm) => confirms.push(async move { (index, confirm.await) }),
+                Ok(confirm) => confirms.push((index, confirm)),
                 Err(e) => results[index] = Err(PublishError::Connection(e)),
             }
         }
-        // Anything still unconfirmed at the deadline keeps its Timeout.
-        while let Ok(Some((index, confirmation))) = timeout_at(deadline, confirms.next()).await {
-            results[index] = classify(confirmation);
+        SentBatch {
+            results,
+            confirms,
+            deadline,
         }
-        results
     }
 
     /// Closes the channel (best effort).
@@ -133,6 +157,44 @@ impl Publisher {
             self.channel.close(200, "done".into()),
         )
         .await;
+    }
+}
+
+/// A batch written to the channel, its confirms outstanding.
+#[must_use = "the confirms decide whether the rows were sent"]
+pub struct SentBatch {
+    /// A timeout until a confirm says otherwise; a failed write at once.
+    results: Vec<Result<(), PublishError>>,
+    confirms: Vec<(usize, PublisherConfirm)>,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for SentBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentBatch")
+            .field("messages", &self.results.len())
+            .field("awaiting", &self.confirms.len())
+            .finish()
+    }
+}
+
+impl SentBatch {
+    /// One result per message, in order, once each is confirmed or the
+    /// deadline has passed (then it stays a timeout).
+    pub async fn confirmed(self) -> Vec<Result<(), PublishError>> {
+        let Self {
+            mut results,
+            confirms,
+            deadline,
+        } = self;
+        let mut pending: FuturesUnordered<_> = confirms
+            .into_iter()
+            .map(|(index, confirm)| async move { (index, confirm.await) })
+            .collect();
+        while let Ok(Some((index, confirmation))) = timeout_at(deadline, pending.next()).await {
+            results[index] = classify(confirmation);
+        }
+        results
     }
 }
 

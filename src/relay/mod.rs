@@ -19,22 +19,21 @@
 //!   kills a session idle in transaction beyond the claim bound (invariant 4).
 
 pub mod backoff;
+mod pipeline;
 mod purge;
+mod send;
 mod trace;
 mod worker;
 
 pub use backoff::{Backoff, ErrorBackoff};
+pub use pipeline::Pipeline;
 pub use purge::run_purger;
+pub use send::InFlight;
 pub use worker::{Shared, WorkerOptions, run_worker, supervise};
 
-use crate::amqp::publish::{Outgoing, refused_exchange};
-use crate::amqp::{
-    Broker, BrokerError, EncodeError, Encoded, ExchangeState, PublishError, Publisher,
-    encode_traced,
-};
+use crate::amqp::{Broker, BrokerError, EncodeError, PublishError, Publisher};
 use crate::metrics::{FailReason, Metrics, epoch_now};
-use crate::outbox::{Claim, ClaimLimits, Claimed, Failure, OnSent, Outbox, OutboxRow, StoreError};
-use crate::telemetry::TraceContext;
+use crate::outbox::{Claim, Claimed, Failure, OnSent, Outbox, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +63,9 @@ pub enum Outcome {
     /// Nothing was due.
     Empty,
     Relayed(BatchReport),
+    /// A batch was sent and awaits its confirms; the next step settles it
+    /// ([`Pipeline`] only).
+    InFlight,
 }
 
 /// Counts of one non-empty batch.
@@ -171,35 +173,23 @@ impl Relay {
         &self.settings
     }
 
-    /// Runs one claim → publish → mark cycle.
+    /// Runs one claim → publish → confirm → mark cycle.
     pub async fn relay_batch(&mut self) -> Result<Outcome, RelayError> {
-        self.ensure_publisher().await?;
-        let started = Instant::now();
-        let claiming = trace::claiming();
-        let claim = self
-            .outbox
-            .claim(&ClaimLimits {
-                rows: self.settings.batch_size,
-                max_payload: self.settings.max_message_size,
-                batch_bytes: self.settings.batch_bytes,
-                idle_timeout: self.settings.claim_idle_timeout,
-            })
-            .instrument(claiming.clone())
-            .await?;
-        claiming.record("messaging.batch.message_count", claim.rows.len());
-        drop(claiming);
-        if claim.is_empty() {
-            claim.finish(&[], self.settings.on_sent, &[]).await?;
-            return Ok(Outcome::Empty);
+        match self.start_batch().await? {
+            None => Ok(Outcome::Empty),
+            Some(batch) => self.finish_batch(batch).await,
         }
-        kill_point!("relay_after_claim");
-        let claimed = Instant::now();
-        let fates = self
-            .publish(&claim)
-            .instrument(trace::publishing(&claim.rows))
-            .await?;
-        kill_point!("relay_after_confirm");
-        let published = Instant::now();
+    }
+
+    /// Counts what the broker said, then marks and commits the batch in the
+    /// transaction of its claim.
+    async fn mark(
+        &self,
+        claim: Claim,
+        fates: Vec<Fate>,
+        [claiming, publishing]: [Duration; 2],
+    ) -> Result<Outcome, RelayError> {
+        let marking_started = Instant::now();
         self.record_fates(&claim.rows, &fates);
         let (sent, failures) = self.sort_results(&claim.rows, fates);
         let count = claim.rows.len();
@@ -209,7 +199,7 @@ impl Relay {
             .instrument(marking)
             .await?;
         let dead = failures.iter().filter(|f| f.dead).count();
-        let timings = [claimed - started, published - claimed, published.elapsed()];
+        let timings = [claiming, publishing, marking_started.elapsed()];
         self.metrics.record_dead_lettered(dead as u64);
         self.metrics.record_batch(count, timings);
         Ok(Outcome::Relayed(BatchReport {
@@ -238,147 +228,6 @@ impl Relay {
             self.publisher = Some(self.broker.publisher().await?);
         }
         Ok(())
-    }
-
-    /// Encodes, checks exchanges, publishes; one fate per claimed row.
-    async fn publish(&mut self, claim: &Claim) -> Result<Vec<Fate>, RelayError> {
-        let limits = self.broker.limits(self.settings.max_message_size);
-        let mut fates: Vec<Fate> = Vec::with_capacity(claim.rows.len());
-        let mut ready = Vec::with_capacity(claim.rows.len());
-        let mut large = Vec::new();
-        let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
-        // Each message's span lasts until its batch's confirms are in.
-        let mut spans = Vec::new();
-        for (index, claimed) in claim.rows.iter().enumerate() {
-            fates.push(Fate::Sent);
-            let row = match claimed {
-                Claimed::Row(row) => row,
-                Claimed::Defect(defect) => {
-                    fates[index] = Fate::Failed(RowFailure::Decode(defect.error.clone()));
-                    continue;
-                }
-            };
-            let traced = trace::message(row);
-            let context = traced.as_ref().map(|(_, context)| context);
-            let envelope = match self.check(row, limits, context, &mut exchanges).await? {
-                Ok(envelope) => envelope,
-                Err(failure) => {
-                    fates[index] = Fate::Failed(failure);
-                    continue;
-                }
-            };
-            spans.extend(traced.map(|(span, _)| span));
-            match &row.payload {
-                Some(payload) => ready.push((index, payload.as_slice(), row, envelope)),
-                None if row.payload_len > self.settings.batch_bytes => {
-                    large.push((index, row, envelope));
-                }
-                None => fates[index] = Fate::Later,
-            }
-        }
-        self.publish_rows(ready, &mut fates).await;
-        for (index, row, envelope) in large {
-            // One large payload in memory per relay at a time (invariant 10).
-            let _lane = self.large_lane.clone().acquire_owned().await;
-            let Some(payload) = claim.load_payload(row.id).await? else {
-                fates[index] = Fate::Later;
-                continue;
-            };
-            self.ensure_publisher().await?;
-            self.publish_rows(vec![(index, &payload, row, envelope)], &mut fates)
-                .await;
-        }
-        drop(spans);
-        Ok(fates)
-    }
-
-    /// Everything that can fail a row before it is sent: its encoding and
-    /// its exchange.
-    async fn check<'a>(
-        &self,
-        row: &'a OutboxRow,
-        limits: crate::amqp::Limits,
-        trace: Option<&TraceContext>,
-        exchanges: &mut HashMap<&'a str, ExchangeState>,
-    ) -> Result<Result<Encoded, RowFailure>, BrokerError> {
-        let envelope = match encode_traced(row, limits, trace) {
-            Ok(envelope) => envelope,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let state = match exchanges.get(row.exchange.as_str()) {
-            Some(state) => state.clone(),
-            None => {
-                let state = self.broker.exchange_state(&row.exchange).await?;
-                exchanges.insert(&row.exchange, state.clone());
-                state
-            }
-        };
-        Ok(match state {
-            ExchangeState::Exists => Ok(envelope),
-            ExchangeState::Missing => Err(RowFailure::ExchangeMissing(row.exchange.clone())),
-            ExchangeState::Refused(reason) => Err(RowFailure::ExchangeRefused {
-                exchange: row.exchange.clone(),
-                reason: reason.to_string(),
-            }),
-        })
-    }
-
-    /// Publishes `rows` on this worker's channel and records each fate. A
-    /// channel closed by the broker over one exchange fails the rows of that
-    /// exchange (counted toward dead-lettering) and only delays the others.
-    async fn publish_rows(
-        &mut self,
-        rows: Vec<(usize, &[u8], &OutboxRow, Encoded)>,
-        fates: &mut [Fate],
-    ) {
-        if rows.is_empty() {
-            return;
-        }
-        let Some(publisher) = self.publisher.as_ref() else {
-            for (index, ..) in rows {
-                fates[index] = Fate::Failed(RowFailure::Publish(PublishError::NotConfirmed));
-            }
-            return;
-        };
-        let mut slots = Vec::with_capacity(rows.len());
-        let mut outgoing = Vec::with_capacity(rows.len());
-        for (index, payload, row, envelope) in rows {
-            slots.push((index, row));
-            outgoing.push(Outgoing { payload, envelope });
-        }
-        let confirms = publisher
-            .publish_batch(outgoing, self.settings.confirm_timeout)
-            .await;
-        let mut broken = false;
-        let mut refused: Option<(String, String)> = None;
-        for ((index, row), confirm) in slots.into_iter().zip(confirms) {
-            let Err(e) = confirm else { continue };
-            broken |= e.breaks_channel();
-            if refused.is_none() {
-                refused = refused_exchange(&e);
-            }
-            fates[index] = match &refused {
-                Some((exchange, reason)) if *exchange == row.exchange => {
-                    Fate::Failed(RowFailure::ExchangeRefused {
-                        exchange: exchange.clone(),
-                        reason: reason.clone(),
-                    })
-                }
-                _ => Fate::Failed(e.into()),
-            };
-        }
-        if broken || refused.is_some() {
-            self.publisher = None;
-            self.broker.forget_exchanges();
-        }
-        if let Some((exchange, reason)) = refused {
-            tracing::warn!(
-                exchange,
-                reason,
-                "the broker closed the channel over an exchange; its rows fail, the others retry"
-            );
-            self.broker.refuse_exchange(&exchange, &reason);
-        }
     }
 
     /// Counts what the broker said about a batch, as it said it (a batch

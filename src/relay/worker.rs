@@ -1,4 +1,4 @@
-//! The loop around [`Relay::relay_batch`]: adaptive polling, wake-ups,
+//! The loop around the pipelined step ([`Pipeline::step`]): adaptive polling, wake-ups,
 //! backoff after infrastructure errors, systemic-fault pauses, a supervisor
 //! that restarts a panicked worker, and cooperative shutdown.
 //!
@@ -14,7 +14,7 @@
 //! The fault is logged once a minute with its fix, and reported to
 //! [`Health`] until a step succeeds again.
 
-use super::{ErrorBackoff, Outcome, Relay, RelayError};
+use super::{ErrorBackoff, Outcome, Pipeline, Relay, RelayError};
 use crate::health::Health;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,7 +128,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 
 /// Runs `relay` until `stop` is cancelled.
 pub async fn run_worker(
-    mut relay: Relay,
+    relay: Relay,
     worker: usize,
     options: WorkerOptions,
     shared: Shared,
@@ -136,6 +136,7 @@ pub async fn run_worker(
 ) {
     let mut errors = ErrorBackoff::new(Duration::from_millis(100), options.error_backoff_max);
     let mut healthy = true;
+    let mut relay = Pipeline::new(relay);
     while !stop.is_cancelled() {
         if let Some(until) = shared.paused_until() {
             shared.health.beat(worker);
@@ -146,7 +147,7 @@ pub async fn run_worker(
             continue;
         }
         fail_point_block();
-        let step = tokio::time::timeout(options.step_timeout, relay.relay_batch()).await;
+        let step = tokio::time::timeout(options.step_timeout, relay.step()).await;
         shared.health.beat(worker);
         let pause = match step {
             Ok(Ok(outcome)) => {
@@ -171,6 +172,8 @@ pub async fn run_worker(
                         // More may be due: claim again at once.
                         continue;
                     }
+                    // Sent: the next step claims more and settles it.
+                    Outcome::InFlight => continue,
                     Outcome::Empty => idle_wait(options.poll_interval),
                 }
             }
@@ -191,7 +194,7 @@ pub async fn run_worker(
                 delay
             }
             Err(_) => {
-                relay.reset_channel();
+                relay.abandon();
                 let delay = errors.next_delay();
                 tracing::warn!(worker, bound = ?options.step_timeout, retry_in = ?delay,
                     "relay step exceeded its time bound and was abandoned; its claims were released");
@@ -204,6 +207,15 @@ pub async fn run_worker(
             () = tokio::time::sleep(pause) => {}
             () = shared.wake.notified() => {}
         }
+    }
+    // The batch in flight is finished, not dropped (invariant 6).
+    if tokio::time::timeout(options.step_timeout, relay.drain())
+        .await
+        .is_err()
+    {
+        relay.abandon();
+        tracing::warn!(worker, bound = ?options.step_timeout,
+            "the batch in flight at shutdown was not confirmed in time; its rows stay pending");
     }
     relay.close().await;
     tracing::debug!(worker, "worker stopped");

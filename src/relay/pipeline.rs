@@ -1,0 +1,82 @@
+//! The worker's step, pipelined: while one batch's confirms are
+//! outstanding, the next batch is claimed and written to the channel, so
+//! the broker always has work and never waits for the relay to mark and
+//! claim (a strict claim → publish → confirm → mark turn leaves it idle
+//! between batches).
+//!
+//! Invariants kept:
+//! - each batch is marked only after its own confirms, in the transaction
+//!   of its own claim (invariant 1): batches overlap, their claims do not
+//!   share anything;
+//! - at most two claims per worker are open, both bounded by the worker's
+//!   step timeout (invariant 4): a step settles the older batch before it
+//!   returns, and a step that fails settles (or releases) the newer one
+//!   too, so no claim waits through a backoff;
+//! - shutdown settles what is in flight ([`Pipeline::drain`], invariant 6).
+
+use super::{InFlight, Outcome, Relay, RelayError};
+
+/// A relay whose step keeps one batch in flight ahead of the one it marks.
+pub struct Pipeline {
+    relay: Relay,
+    ahead: Option<InFlight>,
+}
+
+impl Pipeline {
+    pub fn new(relay: Relay) -> Self {
+        Self { relay, ahead: None }
+    }
+
+    /// Claims and sends the next batch, then settles the previous one.
+    /// `Relayed` reports the settled batch; `InFlight` says one was sent
+    /// and nothing settled yet; `Empty` that nothing was due or in flight.
+    pub async fn step(&mut self) -> Result<Outcome, RelayError> {
+        let next = match self.relay.start_batch().await {
+            Ok(next) => next,
+            Err(e) => {
+                self.drain().await;
+                return Err(e);
+            }
+        };
+        let started = next.is_some();
+        let Some(previous) = std::mem::replace(&mut self.ahead, next) else {
+            return Ok(if started {
+                Outcome::InFlight
+            } else {
+                Outcome::Empty
+            });
+        };
+        let settled = self.relay.finish_batch(previous).await;
+        if settled.is_err() {
+            self.drain().await;
+        }
+        settled
+    }
+
+    /// Settles the batch in flight, if any (at shutdown, or before a
+    /// backoff). Its failure is the next step's to report: the rows it
+    /// could not mark are claimed again.
+    pub async fn drain(&mut self) -> Option<Outcome> {
+        let batch = self.ahead.take()?;
+        match self.relay.finish_batch(batch).await {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                tracing::debug!(error = %e, "the batch in flight could not be settled; its rows stay pending");
+                None
+            }
+        }
+    }
+
+    /// Forgets the batch in flight (its claim is released at once, its rows
+    /// published again later) and the channel: after a step was abandoned at
+    /// its deadline.
+    pub fn abandon(&mut self) {
+        self.ahead = None;
+        self.relay.reset_channel();
+    }
+
+    /// Closes the worker's channel.
+    pub async fn close(&mut self) {
+        self.relay.close().await;
+    }
+}

@@ -1,0 +1,259 @@
+//! Sending a claimed batch, and settling it once its confirms are in.
+//!
+//! [`Relay::start_batch`] claims, checks and writes a batch to the channel
+//! and returns it [`InFlight`], its confirms outstanding;
+//! [`Relay::finish_batch`] waits for them and marks the batch in the
+//! transaction that holds its claim (invariant 1). Between the two the
+//! worker may start the next batch ([`super::Pipeline`]), so the broker
+//! always has a batch to work on while the relay marks and claims.
+//!
+//! A row that cannot be sent (unreadable, unencodable, an exchange that is
+//! missing or refused) fails before its batch is written; a channel closed
+//! by the broker over one exchange fails the rows of that exchange (counted
+//! toward dead-lettering) and only delays the others.
+
+use super::{Fate, Outcome, Relay, RelayError, RowFailure, trace};
+use crate::amqp::publish::{Outgoing, SentBatch, refused_exchange};
+use crate::amqp::{BrokerError, Encoded, ExchangeState, Limits, PublishError, encode_traced};
+use crate::outbox::{Claim, ClaimLimits, Claimed, OutboxRow};
+use crate::telemetry::TraceContext;
+use std::collections::HashMap;
+use std::time::Instant;
+use tracing::{Instrument, Span};
+
+/// A claimed batch written to the channel, its confirms outstanding.
+pub struct InFlight {
+    claim: Claim,
+    fates: Vec<Fate>,
+    /// Row indexes of the messages in `sent`, in publish order.
+    slots: Vec<usize>,
+    sent: Option<SentBatch>,
+    started: Instant,
+    claimed: Instant,
+    /// The publish span and the messages' spans: they end with the confirms.
+    spans: (Span, Vec<Span>),
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("rows", &self.claim.rows.len())
+            .field("sent", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Claims due rows and writes them to the channel; `None` when nothing
+    /// was due. The broker is reached before anything is claimed.
+    pub async fn start_batch(&mut self) -> Result<Option<InFlight>, RelayError> {
+        self.ensure_publisher().await?;
+        let started = Instant::now();
+        let claiming = trace::claiming();
+        let claim = self
+            .outbox
+            .claim(&ClaimLimits {
+                rows: self.settings.batch_size,
+                max_payload: self.settings.max_message_size,
+                batch_bytes: self.settings.batch_bytes,
+                idle_timeout: self.settings.claim_idle_timeout,
+            })
+            .instrument(claiming.clone())
+            .await?;
+        claiming.record("messaging.batch.message_count", claim.rows.len());
+        drop(claiming);
+        if claim.is_empty() {
+            claim.finish(&[], self.settings.on_sent, &[]).await?;
+            return Ok(None);
+        }
+        kill_point!("relay_after_claim");
+        let claimed = Instant::now();
+        let publishing = trace::publishing(&claim.rows);
+        let mut batch = InFlight {
+            fates: Vec::with_capacity(claim.rows.len()),
+            slots: Vec::new(),
+            sent: None,
+            started,
+            claimed,
+            spans: (publishing.clone(), Vec::new()),
+            claim,
+        };
+        self.send(&mut batch).instrument(publishing).await?;
+        Ok(Some(batch))
+    }
+
+    /// Waits for the batch's confirms, then marks and commits it.
+    pub async fn finish_batch(&mut self, batch: InFlight) -> Result<Outcome, RelayError> {
+        let InFlight {
+            claim,
+            mut fates,
+            slots,
+            sent,
+            started,
+            claimed,
+            spans,
+        } = batch;
+        if let Some(sent) = sent {
+            let results = sent.confirmed().await;
+            self.settle(&claim.rows, &slots, results, &mut fates);
+        }
+        drop(spans);
+        kill_point!("relay_after_confirm");
+        let published = Instant::now();
+        self.mark(claim, fates, [claimed - started, published - claimed])
+            .await
+    }
+
+    /// Encodes and checks each row, writes the ready ones to the channel,
+    /// and publishes rows too large for the claim's byte budget one at a
+    /// time (confirmed before this returns).
+    async fn send(&mut self, batch: &mut InFlight) -> Result<(), RelayError> {
+        let limits = self.broker.limits(self.settings.max_message_size);
+        let claim = &batch.claim;
+        let mut ready: Vec<(usize, &[u8], Encoded)> = Vec::with_capacity(claim.rows.len());
+        let mut large = Vec::new();
+        let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
+        for (index, claimed) in claim.rows.iter().enumerate() {
+            batch.fates.push(Fate::Sent);
+            let row = match claimed {
+                Claimed::Row(row) => row,
+                Claimed::Defect(defect) => {
+                    batch.fates[index] = Fate::Failed(RowFailure::Decode(defect.error.clone()));
+                    continue;
+                }
+            };
+            let traced = trace::message(row);
+            let context = traced.as_ref().map(|(_, context)| context);
+            let envelope = match self.check(row, limits, context, &mut exchanges).await? {
+                Ok(envelope) => envelope,
+                Err(failure) => {
+                    batch.fates[index] = Fate::Failed(failure);
+                    continue;
+                }
+            };
+            batch.spans.1.extend(traced.map(|(span, _)| span));
+            match &row.payload {
+                Some(payload) => ready.push((index, payload.as_slice(), envelope)),
+                None if row.payload_len > self.settings.batch_bytes => {
+                    large.push((index, row, envelope));
+                }
+                None => batch.fates[index] = Fate::Later,
+            }
+        }
+        let (slots, outgoing): (Vec<usize>, Vec<Outgoing<'_>>) = ready
+            .into_iter()
+            .map(|(index, payload, envelope)| (index, Outgoing { payload, envelope }))
+            .unzip();
+        if let Some(publisher) = &self.publisher
+            && !slots.is_empty()
+        {
+            batch.sent = Some(
+                publisher
+                    .send_batch(outgoing, self.settings.confirm_timeout)
+                    .await,
+            );
+            batch.slots = slots;
+        } else {
+            for index in slots {
+                batch.fates[index] = Fate::Failed(PublishError::NotConfirmed.into());
+            }
+        }
+        for (index, row, envelope) in large {
+            // One large payload in memory per relay at a time (invariant 10).
+            let _lane = self.large_lane.clone().acquire_owned().await;
+            let Some(payload) = claim.load_payload(row.id).await? else {
+                batch.fates[index] = Fate::Later;
+                continue;
+            };
+            self.ensure_publisher().await?;
+            let Some(publisher) = &self.publisher else {
+                continue;
+            };
+            let outgoing = vec![Outgoing {
+                payload: &payload,
+                envelope,
+            }];
+            let results = publisher
+                .publish_batch(outgoing, self.settings.confirm_timeout)
+                .await;
+            self.settle(&claim.rows, &[index], results, &mut batch.fates);
+        }
+        Ok(())
+    }
+
+    /// Everything that can fail a row before it is sent: its encoding and
+    /// its exchange.
+    async fn check<'a>(
+        &self,
+        row: &'a OutboxRow,
+        limits: Limits,
+        trace: Option<&TraceContext>,
+        exchanges: &mut HashMap<&'a str, ExchangeState>,
+    ) -> Result<Result<Encoded, RowFailure>, BrokerError> {
+        let envelope = match encode_traced(row, limits, trace) {
+            Ok(envelope) => envelope,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let state = match exchanges.get(row.exchange.as_str()) {
+            Some(state) => state.clone(),
+            None => {
+                let state = self.broker.exchange_state(&row.exchange).await?;
+                exchanges.insert(&row.exchange, state.clone());
+                state
+            }
+        };
+        Ok(match state {
+            ExchangeState::Exists => Ok(envelope),
+            ExchangeState::Missing => Err(RowFailure::ExchangeMissing(row.exchange.clone())),
+            ExchangeState::Refused(reason) => Err(RowFailure::ExchangeRefused {
+                exchange: row.exchange.clone(),
+                reason: reason.to_string(),
+            }),
+        })
+    }
+
+    /// Records the broker's answers for the rows at `slots`. A channel the
+    /// broker closed over one exchange blames that exchange's rows only.
+    fn settle(
+        &mut self,
+        rows: &[Claimed],
+        slots: &[usize],
+        results: Vec<Result<(), PublishError>>,
+        fates: &mut [Fate],
+    ) {
+        let mut broken = false;
+        let mut refused: Option<(String, String)> = None;
+        for (&index, confirm) in slots.iter().zip(results) {
+            let Err(e) = confirm else { continue };
+            broken |= e.breaks_channel();
+            if refused.is_none() {
+                refused = refused_exchange(&e);
+            }
+            let exchange = match &rows[index] {
+                Claimed::Row(row) => Some(row.exchange.as_str()),
+                Claimed::Defect(_) => None,
+            };
+            fates[index] = match &refused {
+                Some((blamed, reason)) if Some(blamed.as_str()) == exchange => {
+                    Fate::Failed(RowFailure::ExchangeRefused {
+                        exchange: blamed.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                _ => Fate::Failed(e.into()),
+            };
+        }
+        if broken || refused.is_some() {
+            self.publisher = None;
+            self.broker.forget_exchanges();
+        }
+        if let Some((exchange, reason)) = refused {
+            tracing::warn!(
+                exchange,
+                reason,
+                "the broker closed the channel over an exchange; its rows fail, the others retry"
+            );
+            self.broker.refuse_exchange(&exchange, &reason);
+        }
+    }
+}
