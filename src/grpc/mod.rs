@@ -19,7 +19,7 @@ pub mod group;
 mod health;
 mod listener;
 pub mod o5;
-mod publisher;
+pub mod publisher;
 pub mod raw;
 pub mod sink;
 pub mod status;
