@@ -84,7 +84,12 @@ pub enum LogFormat {
 }
 
 /// Flags whose values are secrets, or URLs that may hold one.
-const SECRET_FLAGS: &[&str] = &["--database-url", "--amqp-url", "--grpc-token"];
+const SECRET_FLAGS: &[&str] = &[
+    "--database-url",
+    "--amqp-url",
+    "--grpc-token",
+    "--admin-token",
+];
 // (`--database-url-file` and the like start with these too: their parse
 // errors, which only name a path, are redacted all the same.)
 
@@ -553,7 +558,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("outbox-prop-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let mut argv: Vec<String> = vec!["outbox-relay".into(), "run".into()];
-            for (flag, value) in [("--database-url", &db), ("--amqp-url", &amqp), ("--grpc-token", &token)] {
+            for (flag, value) in [("--database-url", &db), ("--amqp-url", &amqp), ("--grpc-token", &token), ("--admin-token", &token)] {
                 if from_file {
                     let path = dir.join(&flag[2..]);
                     std::fs::write(&path, format!("{value}\n")).unwrap();
