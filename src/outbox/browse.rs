@@ -87,7 +87,7 @@ pub struct Filter {
     /// Exact.
     pub routing_key: Option<String>,
     pub message_id: Option<Uuid>,
-    /// The row entered its state at or after this ([`RowState::time_column`]).
+    /// The row entered its state at or after this (`created_at`, `sent_at` or `dead_at`, by state).
     pub since: Option<SystemTime>,
     /// The row entered its state before this.
     pub until: Option<SystemTime>,

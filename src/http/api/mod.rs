@@ -7,12 +7,12 @@
 //! - the API is served only with `--admin-token`, or when the port is bound
 //!   to loopback ([`served`]); elsewhere `/api` does not exist (404) and
 //!   `run` warns how to enable it. Admission rules (token, loopback host,
-//!   same-origin JSON writes) are [`auth`]'s;
+//!   same-origin JSON writes) are `auth`'s;
 //! - it reads and writes through its own small pool, so browsing never
 //!   takes the probes' or the workers' connections; its SQL is the
 //!   `outbox` module's (bound values, index paths, a statement timeout);
 //! - a message it inserts passes the gRPC Publisher's own checks and maps
-//!   their codes onto statuses in one place ([`error`]);
+//!   their codes onto statuses in one place (`error`);
 //! - it changes dead rows only, and logs every change at info (audit).
 
 mod actions;
