@@ -110,7 +110,7 @@ impl HttpPort {
             }
             None => "off",
         };
-        tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics, /api)");
+        tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics; /api unless api=off)");
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
