@@ -1,6 +1,5 @@
 //! Reading the table for operators (the HTTP API): filtered lists, newest
-//! first with keyset pagination, one row with its payload, and the changes
-//! an operator may make to dead rows.
+//! first with keyset pagination, and one row with its payload.
 //!
 //! Invariants owned here:
 //! - every value is a bind parameter; the statements are composed only from
@@ -41,7 +40,7 @@ impl RowState {
 
     /// Written as the partial indexes' predicates, so that the planner
     /// proves them.
-    fn predicate(self) -> &'static str {
+    pub(super) fn predicate(self) -> &'static str {
         match self {
             Self::Pending => "sent_at IS NULL AND dead_at IS NULL",
             Self::Sent => "sent_at IS NOT NULL",
@@ -55,6 +54,15 @@ impl RowState {
             Self::Pending => "created_at",
             Self::Sent => "sent_at",
             Self::Dead => "dead_at",
+        }
+    }
+
+    /// The state of a row with (or without) `sent_at` and `dead_at`.
+    pub(super) fn of(sent: bool, dead: bool) -> Self {
+        match (sent, dead) {
+            (true, _) => Self::Sent,
+            (false, true) => Self::Dead,
+            (false, false) => Self::Pending,
         }
     }
 
@@ -135,15 +143,6 @@ pub struct Detail {
     pub payload: Vec<u8>,
 }
 
-/// What became of a change asked for one row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Done,
-    /// The row exists but is not dead: nothing changed.
-    NotDead(RowState),
-    Missing,
-}
-
 /// An RFC 3339 rendering that cannot fail: `to_char` gives NULL for
 /// ±infinity, which then keeps its own text.
 fn rfc3339(column: &str) -> String {
@@ -177,11 +176,7 @@ fn decode_listed(row: &tokio_postgres::Row) -> Result<Listed, StoreError> {
     Ok(Listed {
         id: typed(row, 0, "id", "bigint")?,
         message_id: typed(row, 1, "message_id", "uuid")?,
-        state: match (sent, dead) {
-            (true, _) => RowState::Sent,
-            (false, true) => RowState::Dead,
-            (false, false) => RowState::Pending,
-        },
+        state: RowState::of(sent, dead),
         exchange: typed(row, 4, "exchange", "text")?,
         routing_key: typed(row, 5, "routing_key", "text")?,
         content_type: typed(row, 6, "content_type", "text")?,
@@ -359,63 +354,6 @@ impl Outbox {
             row: decode_listed(row)?,
             payload: typed(row, LISTED_WIDTH, "payload", "bytea")?,
         }))
-    }
-
-    /// The state of row `id`, if it exists.
-    pub async fn state_of(&self, id: i64) -> Result<Option<RowState>, StoreError> {
-        let sql = format!(
-            "SELECT sent_at IS NOT NULL, dead_at IS NOT NULL FROM {} WHERE id = $1",
-            self.table()
-        );
-        let client = self.pool.get().await?;
-        let row = client.query_typed_opt(&sql, &[(&id, Type::INT8)]).await?;
-        row.map(|row| {
-            let sent: bool = typed(&row, 0, "sent_at", "timestamptz")?;
-            let dead: bool = typed(&row, 1, "dead_at", "timestamptz")?;
-            Ok(match (sent, dead) {
-                (true, _) => RowState::Sent,
-                (false, true) => RowState::Dead,
-                (false, false) => RowState::Pending,
-            })
-        })
-        .transpose()
-    }
-
-    /// Deletes row `id` if it is dead; a pending or sent row is left alone
-    /// (the relay owns those).
-    pub async fn delete_dead(&self, id: i64) -> Result<Change, StoreError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE id = $1 AND {} RETURNING id",
-            self.table(),
-            RowState::Dead.predicate()
-        );
-        let client = self.pool.get().await?;
-        if client
-            .query_typed_opt(&sql, &[(&id, Type::INT8)])
-            .await?
-            .is_some()
-        {
-            return Ok(Change::Done);
-        }
-        drop(client);
-        self.unchanged(id).await
-    }
-
-    /// Makes dead row `id` pending again (the CLI's `replay <id>`).
-    pub async fn replay_one(&self, id: i64) -> Result<Change, StoreError> {
-        if self.replay(Some(&[id])).await?.is_empty() {
-            return self.unchanged(id).await;
-        }
-        Ok(Change::Done)
-    }
-
-    /// Why a change to row `id` did nothing.
-    async fn unchanged(&self, id: i64) -> Result<Change, StoreError> {
-        Ok(match self.state_of(id).await? {
-            None => Change::Missing,
-            // Made dead again by the relay in between: still not changed.
-            Some(state) => Change::NotDead(state),
-        })
     }
 }
 

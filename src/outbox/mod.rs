@@ -13,6 +13,7 @@
 
 mod browse;
 mod claim;
+mod dead;
 mod error;
 mod ident;
 mod listen;
@@ -21,8 +22,9 @@ mod overview;
 mod row;
 mod sql;
 
-pub use browse::{BROWSE_TIMEOUT, Change, Detail, Filter, Listed, Page, RowState};
+pub use browse::{BROWSE_TIMEOUT, Detail, Filter, Listed, Page, RowState};
 pub use claim::{Claim, ClaimLimits};
+pub use dead::Change;
 pub use error::{StoreError, describe};
 
 pub use ident::{Identifier, IdentifierError};
