@@ -11,6 +11,7 @@ use crate::config::{HttpListen, IngressMode, RunArgs, Wakeup};
 use crate::grpc::Ingress;
 use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
+use crate::http::api::ApiSettings;
 use crate::http::{HttpPort, Probes};
 use crate::metrics::{Metrics, TABLE_GAUGES_EVERY, run_table_gauges};
 use crate::outbox::{
@@ -42,6 +43,10 @@ const INGRESS_WRITERS: usize = 4;
 /// table gauges' refresh, apart from the workers' so that neither waits on
 /// the other.
 const MONITOR_CONNECTIONS: usize = 2;
+/// Database connections of the JSON API (`/api`), apart from the probes'
+/// so that browsing never makes the sidecar look unready. Created on first
+/// use only.
+const API_CONNECTIONS: usize = 2;
 /// How long the HTTP port may take to close once the workers have drained.
 const HTTP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -123,7 +128,7 @@ impl App {
         let http = match args.http.http_addr {
             HttpListen::Off => None,
             HttpListen::On(addr) => {
-                let monitor = monitor_outbox(&args)?;
+                let monitor = http_outbox(&args, MONITOR_CONNECTIONS, "the HTTP port's")?;
                 let probes = Probes {
                     metrics: metrics.clone(),
                     health: health.clone(),
@@ -132,7 +137,18 @@ impl App {
                     broker: (args.grpc.ingress_mode == IngressMode::Direct).then(|| broker.clone()),
                     stopping: stopping.clone(),
                 };
-                Some((HttpPort::bind(addr, probes).await?, monitor))
+                let api = ApiSettings {
+                    outbox: http_outbox(&args, API_CONNECTIONS, "the JSON API's")?,
+                    broker: broker.clone(),
+                    wake: wake.clone(),
+                    max_message_size: args.max_message_size,
+                    token: args
+                        .http
+                        .admin_token
+                        .as_ref()
+                        .map(|t| t.expose().to_owned()),
+                };
+                Some((HttpPort::bind(addr, probes, Some(api)).await?, monitor))
             }
         };
         Ok(Self {
@@ -335,17 +351,17 @@ impl App {
     }
 }
 
-/// The HTTP port's own connections to the outbox table.
-fn monitor_outbox(args: &RunArgs) -> anyhow::Result<Outbox> {
+/// Connections of the HTTP port (its probes, or its API) to the table.
+fn http_outbox(args: &RunArgs, connections: usize, whose: &str) -> anyhow::Result<Outbox> {
     let pool = connect_pool(
         relay_pg_config(args),
         args.db.database_url.tls(),
         PoolOptions {
-            max_size: MONITOR_CONNECTIONS,
+            max_size: connections,
             timeout: SERVICE_TIMEOUT,
         },
     )
-    .context("building the HTTP port's database pool")?;
+    .with_context(|| format!("building {whose} database pool"))?;
     Ok(Outbox::new(pool, args.db.schema.clone()))
 }
 

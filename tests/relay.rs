@@ -1,6 +1,7 @@
 //! The relay core against the real PostgreSQL and RabbitMQ: what arrives,
 //! what is retried, what is dead-lettered, and what is never published.
 
+mod api;
 mod common;
 mod monitoring;
 

@@ -1,10 +1,13 @@
-//! Flags of the HTTP port (`outbox-relay run`): where the probes and
-//! `/metrics` listen, and how long a worker may go without an iteration
-//! before `/livez` calls the process wedged.
+//! Flags of the HTTP port (`outbox-relay run`): where the probes,
+//! `/metrics` and the JSON API listen, how long a worker may go without an
+//! iteration before `/livez` calls the process wedged, and the token the
+//! API requires (`--admin-token`, or `--admin-token-file`; see
+//! `crate::http::api` for the rules).
 
-use super::values::parse_duration;
+use super::values::{Secret, parse_duration};
 use clap::Args;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,11 +17,12 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
 #[command(next_help_heading = "HTTP port (probes and metrics)")]
 pub struct HttpArgs {
     /// Address of the HTTP port serving `/livez`, `/readyz` and `/metrics`
-    /// (host:port; port 0 picks a free one), or `none` to turn it off. On
-    /// all interfaces by default, unlike the gRPC ingress: the kubelet's
-    /// probes and Prometheus reach a pod on its own IP, not on loopback. It
-    /// serves no data and takes no token, only health and counters; 9464 is
-    /// the port conventionally used by Prometheus exporters of this kind.
+    /// and the JSON API under `/api` (host:port; port 0 picks a free one),
+    /// or `none` to turn it off. On all interfaces by default, unlike the
+    /// gRPC ingress: the kubelet's probes and Prometheus reach a pod on its
+    /// own IP, not on loopback. The probes and `/metrics` take no token;
+    /// `/api` is served only with --admin-token or on a loopback address.
+    /// 9464 is the port conventionally used by Prometheus exporters.
     #[arg(long, env = "OUTBOX_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: HttpListen,
     /// `/livez` answers 503 when a worker has not completed a loop
@@ -27,6 +31,20 @@ pub struct HttpArgs {
     /// above --confirm-timeout: a worker waiting for its confirms is alive.
     #[arg(long, env = "OUTBOX_LIVENESS_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub liveness_window: Duration,
+    /// Require `Authorization: Bearer <token>` on the JSON API (`/api`),
+    /// compared in constant time. Without it the API is served only when
+    /// --http-addr is a loopback address.
+    #[arg(long, env = "OUTBOX_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Read the API's token from this file instead (a mounted Secret;
+    /// trailing newlines are trimmed).
+    #[arg(
+        long,
+        env = "OUTBOX_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `--http-addr`: an address, or `none`.

@@ -87,7 +87,12 @@ pub enum LogFormat {
 }
 
 /// Flags whose values are secrets, or URLs that may hold one.
-const SECRET_FLAGS: &[&str] = &["--database-url", "--amqp-url", "--grpc-token"];
+const SECRET_FLAGS: &[&str] = &[
+    "--database-url",
+    "--amqp-url",
+    "--grpc-token",
+    "--admin-token",
+];
 // (`--database-url-file` and the like start with these too: their parse
 // errors, which only name a path, are redacted all the same.)
 
@@ -481,6 +486,33 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_token_comes_from_its_flag_or_its_file_but_not_both() {
+        let path = std::env::temp_dir().join(format!("outbox-admin-{}", std::process::id()));
+        std::fs::write(&path, "t0ken-from-file\n").unwrap();
+        let file = path.display().to_string();
+        let parsed = |argv: &[&str]| {
+            let mut full = vec!["outbox-relay", "run"];
+            full.extend_from_slice(argv);
+            Cli::try_parse_with_files(full).map(|cli| match cli.command {
+                Command::Run(args) => args.http.admin_token.map(|t| t.expose().to_owned()),
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(parsed(&[]).unwrap(), None);
+        assert_eq!(
+            parsed(&["--admin-token", "t0ken"]).unwrap().as_deref(),
+            Some("t0ken")
+        );
+        assert_eq!(
+            parsed(&["--admin-token-file", &file]).unwrap().as_deref(),
+            Some("t0ken-from-file")
+        );
+        let both = parsed(&["--admin-token", "t0ken", "--admin-token-file", &file]);
+        assert!(both.is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn inconsistent_timeouts_are_refused() {
         let cli = Cli::try_parse_from([
             "outbox-relay",
@@ -563,7 +595,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("outbox-prop-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let mut argv: Vec<String> = vec!["outbox-relay".into(), "run".into()];
-            for (flag, value) in [("--database-url", &db), ("--amqp-url", &amqp), ("--grpc-token", &token)] {
+            for (flag, value) in [("--database-url", &db), ("--amqp-url", &amqp), ("--grpc-token", &token), ("--admin-token", &token)] {
                 if from_file {
                     let path = dir.join(&flag[2..]);
                     std::fs::write(&path, format!("{value}\n")).unwrap();

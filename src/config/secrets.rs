@@ -1,12 +1,12 @@
 //! Secrets from files: `--database-url-file`, `--amqp-url-file`,
-//! `--grpc-token-file` (and their `OUTBOX_*_FILE` variables), the way a
+//! `--grpc-token-file`, `--admin-token-file` (and their `OUTBOX_*_FILE` variables), the way a
 //! Kubernetes Secret is mounted. Read once at start, after clap has parsed
 //! the command line; setting both a value and its file is refused by clap
 //! (`conflicts_with`). A file's trailing newlines are trimmed (editors and
 //! `kubectl create secret --from-file` add them). Errors name the file,
 //! never its content.
 
-use super::{AmqpArgs, Cli, Command, DbArgs, GrpcArgs};
+use super::{AmqpArgs, Cli, Command, DbArgs, GrpcArgs, HttpArgs};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use std::path::Path;
@@ -70,6 +70,15 @@ impl GrpcArgs {
     }
 }
 
+impl HttpArgs {
+    fn load_files(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.admin_token_file {
+            self.admin_token = Some(parse_file("--admin-token-file", path)?);
+        }
+        Ok(())
+    }
+}
+
 impl Cli {
     /// Replaces every `--*-file` secret by its file's content, and records
     /// which URLs were left at their defaults.
@@ -83,7 +92,8 @@ impl Cli {
                 args.amqp.url_defaulted = defaulted("amqp_url");
                 args.db.load_files()?;
                 args.amqp.load_files()?;
-                args.grpc.load_files()
+                args.grpc.load_files()?;
+                args.http.load_files()
             }
             Command::Migrate(args) => args.db.load_files(),
             Command::Send(args) => args.db.load_files(),

@@ -20,7 +20,7 @@ mod health;
 mod listener;
 pub mod o5;
 pub mod observe;
-mod publisher;
+pub mod publisher;
 pub mod raw;
 pub mod sink;
 pub mod status;

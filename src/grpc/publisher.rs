@@ -1,5 +1,6 @@
 //! `outbox.v1.Publisher`: the generic publisher, for senders that name the
-//! exchange and routing key themselves.
+//! exchange and routing key themselves. Its checks ([`parse_message_id`],
+//! [`check_route`]) are the HTTP API's too.
 
 use super::observe::CallTrace;
 use super::sink::Sink;
@@ -50,21 +51,12 @@ impl Publisher for PublisherService {
 }
 
 fn to_new_message(request: PublishRequest) -> Result<NewMessage, IngressError> {
-    let message_id = match request.message_id.as_str() {
-        "" => None,
-        id => Some(uuid::Uuid::parse_str(id).map_err(|_| IngressError::MessageId(id.to_owned()))?),
-    };
     let delay = match request.delay {
         None => Duration::ZERO,
         Some(d) => Duration::try_from(d).map_err(|_| IngressError::NegativeDelay)?,
     };
-    if request.exchange.is_empty() && request.routing_key.is_empty() {
-        return Err(IngressError::Missing {
-            field: "routing_key (the queue name, with the default exchange)".to_owned(),
-        });
-    }
-    Ok(NewMessage {
-        message_id,
+    let message = NewMessage {
+        message_id: parse_message_id(&request.message_id)?,
         exchange: request.exchange,
         routing_key: request.routing_key,
         payload: request.payload,
@@ -75,5 +67,30 @@ fn to_new_message(request: PublishRequest) -> Result<NewMessage, IngressError> {
             .map(|(k, v)| (k, Value::String(v)))
             .collect(),
         delay,
-    })
+    };
+    check_route(&message)?;
+    Ok(message)
+}
+
+/// A sender's `message_id`: a UUID, or empty for one generated on storing.
+/// Shared with the HTTP API (`POST /api/messages`).
+pub fn parse_message_id(id: &str) -> Result<Option<uuid::Uuid>, IngressError> {
+    match id {
+        "" => Ok(None),
+        id => uuid::Uuid::parse_str(id)
+            .map(Some)
+            .map_err(|_| IngressError::MessageId(id.to_owned())),
+    }
+}
+
+/// The generic publisher's rule on where a message goes, whichever door
+/// it came through (this service, `POST /api/messages`): the default
+/// exchange routes by queue name, so it needs a routing key.
+pub fn check_route(message: &NewMessage) -> Result<(), IngressError> {
+    if message.exchange.is_empty() && message.routing_key.is_empty() {
+        return Err(IngressError::Missing {
+            field: "routing_key (the queue name, with the default exchange)".to_owned(),
+        });
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use super::group::GroupCommit;
 use super::observe::CallTrace;
 use super::status::IngressError;
 use crate::amqp::publish::Outgoing;
-use crate::amqp::{Broker, ExchangeState, Publisher, encode_new};
+use crate::amqp::{Broker, ExchangeState, Limits, Publisher, encode_new};
 use crate::config::IngressMode;
 use crate::metrics::Metrics;
 use crate::outbox::{NewMessage, Outbox};
@@ -92,12 +92,10 @@ impl Sink {
         if messages.is_empty() {
             return Err(IngressError::EmptyBatch);
         }
+        let limits = self.broker.limits(self.max_message_size);
         for message in &mut messages {
             trace.stamp(&mut message.headers);
-            // Fixing the id here keeps it stable across the check and the
-            // store, and lets direct mode publish what outbox mode would.
-            let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
-            encode_new(message, id, 0, self.broker.limits(self.max_message_size))?;
+            admit(message, limits)?;
         }
         let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
         if direct {
@@ -179,6 +177,17 @@ impl Sink {
             self.broker.forget_exchanges();
         }
     }
+}
+
+/// Checks `message` with the relay's own encoding rules (what the relay
+/// could never publish is refused at the door) and fixes its message_id.
+/// Shared with the HTTP API (`POST /api/messages`).
+pub fn admit(message: &mut NewMessage, limits: Limits) -> Result<(), IngressError> {
+    // Fixing the id here keeps it stable across the check and the store,
+    // and lets direct mode publish what outbox mode would.
+    let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
+    encode_new(message, id, 0, limits)?;
+    Ok(())
 }
 
 /// How long a wake-up waits for company: calls committed meanwhile ride on

@@ -11,15 +11,21 @@
 //!   what the outbox buffers through, and an unready sidecar would take the
 //!   application out of its Service). The body lists each check.
 //!
-//! Nothing here needs a token: it serves no data, only health and counts.
-//! The port keeps answering while the workers drain at shutdown (`/readyz`
-//! then says so with 503) and closes once they are done.
+//! - `/api/...`: the JSON API ([`api`]), only with `--admin-token` or on a
+//!   loopback address.
+//!
+//! The probes and `/metrics` need no token: they serve no data, only health
+//! and counts. The port keeps answering while the workers drain at shutdown
+//! (`/readyz` then says so with 503) and closes once they are done.
+
+pub mod api;
 
 use crate::amqp::Broker;
 use crate::health::Health;
 use crate::metrics::{Format, Metrics};
 use crate::outbox::Outbox;
 use anyhow::Context;
+use api::ApiSettings;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -55,16 +61,25 @@ pub struct Probes {
 pub struct HttpPort {
     listener: TcpListener,
     probes: Probes,
+    api: Option<ApiSettings>,
 }
 
 impl HttpPort {
     /// Binds `addr` now, so that a taken port fails the start and port 0 is
-    /// known before serving.
-    pub async fn bind(addr: SocketAddr, probes: Probes) -> anyhow::Result<Self> {
+    /// known before serving. `api` is served as [`api::served`] allows.
+    pub async fn bind(
+        addr: SocketAddr,
+        probes: Probes,
+        api: Option<ApiSettings>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP port (--http-addr) to {addr}"))?;
-        Ok(Self { listener, probes })
+        Ok(Self {
+            listener,
+            probes,
+            api,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,15 +90,33 @@ impl HttpPort {
 
     /// Serves until `stop`, then lets requests in progress finish.
     pub async fn serve(self, stop: CancellationToken) -> std::io::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "HTTP port listening (/livez, /readyz, /metrics)");
-        let router = Router::new()
+        let addr = self.local_addr();
+        let probes = Arc::new(self.probes);
+        let mut router = Router::new()
             .route("/metrics", get(metrics))
             .route("/livez", get(livez))
             .route("/readyz", get(readyz))
-            .with_state(Arc::new(self.probes));
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+            .with_state(probes.clone());
+        let api = match self.api {
+            Some(api) if api::served(addr, api.token.is_some()) => {
+                let token = api.token.is_some();
+                router = router.merge(api::router(api, probes));
+                if token { "token" } else { "loopback, no token" }
+            }
+            Some(_) => {
+                tracing::warn!(%addr, fix = "set --admin-token (OUTBOX_ADMIN_TOKEN or OUTBOX_ADMIN_TOKEN_FILE), or bind --http-addr to 127.0.0.1",
+                    "the JSON API (/api) is off: the HTTP port listens beyond loopback and no --admin-token is set");
+                "off"
+            }
+            None => "off",
+        };
+        tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics; /api unless api=off)");
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
     }
 }
 
@@ -138,28 +171,50 @@ async fn livez(State(probes): Shared) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
-async fn readyz(State(probes): Shared) -> (StatusCode, String) {
-    let mut checks: Vec<(&str, Result<(), String>)> = Vec::with_capacity(3);
+/// One check of readiness: a service the sidecar needs, or shutdown.
+pub(crate) struct Check {
+    pub name: &'static str,
+    pub result: Result<(), String>,
+}
+
+/// What `/readyz` (and `/api/health`) check: the database, the broker in
+/// direct ingress mode, and that shutdown has not begun.
+pub(crate) async fn readiness(probes: &Probes) -> Vec<Check> {
+    let mut checks = Vec::with_capacity(3);
     let database = match tokio::time::timeout(CHECK_TIMEOUT, probes.database.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer to SELECT 1 within {CHECK_TIMEOUT:?}")),
     };
-    checks.push(("database", database));
+    checks.push(Check {
+        name: "database",
+        result: database,
+    });
     if let Some(broker) = &probes.broker {
         let connected = match tokio::time::timeout(CHECK_TIMEOUT, broker.is_connected()).await {
             Ok(true) => Ok(()),
             Ok(false) => Err("not connected (direct ingress mode needs it)".to_owned()),
             Err(_) => Err("connecting (direct ingress mode needs it)".to_owned()),
         };
-        checks.push(("broker", connected));
+        checks.push(Check {
+            name: "broker",
+            result: connected,
+        });
     }
     if probes.stopping.is_cancelled() {
-        checks.push(("shutdown", Err("shutting down".to_owned())));
+        checks.push(Check {
+            name: "shutdown",
+            result: Err("shutting down".to_owned()),
+        });
     }
-    let ready = checks.iter().all(|(_, result)| result.is_ok());
+    checks
+}
+
+async fn readyz(State(probes): Shared) -> (StatusCode, String) {
+    let checks = readiness(&probes).await;
+    let ready = checks.iter().all(|check| check.result.is_ok());
     let mut body = String::new();
-    for (name, result) in checks {
+    for Check { name, result } in checks {
         let _ = match result {
             Ok(()) => writeln!(body, "{name}: ok"),
             Err(e) => writeln!(body, "{name}: failed: {e}"),

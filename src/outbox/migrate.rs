@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_wakeup",
         sql: include_str!("../../sql/0002_wakeup.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_browse",
+        sql: include_str!("../../sql/0003_browse.sql"),
+    },
 ];
 
 /// What a `migrate` run did.

@@ -6,21 +6,30 @@
 //! - claims lock rows `FOR UPDATE SKIP LOCKED` inside the caller's transaction,
 //!   so marking happens under the same claim (invariants 1 and 5);
 //! - failure bookkeeping (attempts, error, backoff, dead-lettering) is one
-//!   statement per batch and never deletes a row (invariant 3).
+//!   statement per batch and never deletes a row (invariant 3);
+//! - operators' reads (`browse`, `overview`) have an index path for every
+//!   filter and run read-only under a statement timeout; an operator deletes
+//!   only dead rows.
 
+mod browse;
 mod claim;
+mod dead;
 mod error;
 mod ident;
 mod listen;
 pub mod migrate;
+mod overview;
 mod row;
 mod sql;
 
+pub use browse::{BROWSE_TIMEOUT, Detail, Filter, Listed, Page, RowState};
 pub use claim::{Claim, ClaimLimits};
+pub use dead::Change;
 pub use error::{StoreError, describe};
 
 pub use ident::{Identifier, IdentifierError};
 pub use listen::run_listener;
+pub use overview::{Backlog, Overview, Rates, RouteCount};
 pub use row::{
     Claimed, Inserted, MessageId, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats,
     TableGauges,

@@ -122,7 +122,7 @@ impl Claimed {
 }
 
 /// Reads column `index` as `T`; a type mismatch is a schema fault.
-fn typed<'a, T: tokio_postgres::types::FromSql<'a>>(
+pub(super) fn typed<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a tokio_postgres::Row,
     index: usize,
     column: &'static str,

@@ -342,15 +342,42 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A plain HTTP/1.1 GET with `Connection: close` (the replies are small and
 /// carry a Content-Length, so reading to EOF is the whole reply).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, accept: Option<&str>) -> HttpReply {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    http_request(addr, "GET", path, &headers, None).await
+}
+
+/// One HTTP/1.1 request with `Connection: close`: `headers` are sent as
+/// given, with `Host: <addr>` unless they name one, and `body` with its
+/// Content-Length.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpReply {
+    use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        let _ = write!(head, "Host: {addr}\r\n");
+    }
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if let Some(body) = body {
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+    }
+    head.push_str("\r\n");
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let accept = accept
-            .map(|a| format!("Accept: {a}\r\n"))
-            .unwrap_or_default();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(head.as_bytes()).await?;
+        if let Some(body) = body {
+            stream.write_all(body).await?;
+        }
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         std::io::Result::Ok(raw)

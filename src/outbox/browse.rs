@@ -1,0 +1,420 @@
+//! Reading the table for operators (the HTTP API): filtered lists, newest
+//! first with keyset pagination, and one row with its payload.
+//!
+//! Invariants owned here:
+//! - every value is a bind parameter; the statements are composed only from
+//!   fixed fragments and the validated table name (invariant 7);
+//! - every filter has an index path (migrations 0001 and 0003): a list is
+//!   the union of one index-ordered query per state ([`RowState`] partitions
+//!   the table), each bounded by the page size, so a page never sorts or
+//!   skips more than the rows it shows (no OFFSET: a cursor is the last id
+//!   shown, and rows inserted meanwhile have higher ids);
+//! - reads run in a read-only transaction under [`BROWSE_TIMEOUT`], so an
+//!   expensive filter fails alone instead of loading the database;
+//! - no value a row holds can fail its decoding (invariant 8): timestamps
+//!   are rendered by the database (±infinity as text), headers read as text.
+
+use super::{Outbox, RowKey, StoreError, row::typed};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+/// The longest an operator's read may run before the database cancels it.
+pub const BROWSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a row is in its life. The three states partition the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowState {
+    /// Not sent, not dead: due now or later.
+    Pending,
+    /// Confirmed by the broker (`sent_at` set).
+    Sent,
+    /// Dead-lettered and not sent: awaiting replay or deletion.
+    Dead,
+}
+
+impl RowState {
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Sent, Self::Dead];
+
+    /// Written as the partial indexes' predicates, so that the planner
+    /// proves them.
+    pub(super) fn predicate(self) -> &'static str {
+        match self {
+            Self::Pending => "sent_at IS NULL AND dead_at IS NULL",
+            Self::Sent => "sent_at IS NOT NULL",
+            Self::Dead => "dead_at IS NOT NULL AND sent_at IS NULL",
+        }
+    }
+
+    /// When a row entered this state: what `since` / `until` bound.
+    fn time_column(self) -> &'static str {
+        match self {
+            Self::Pending => "created_at",
+            Self::Sent => "sent_at",
+            Self::Dead => "dead_at",
+        }
+    }
+
+    /// The state of a row with (or without) `sent_at` and `dead_at`.
+    pub(super) fn of(sent: bool, dead: bool) -> Self {
+        match (sent, dead) {
+            (true, _) => Self::Sent,
+            (false, true) => Self::Dead,
+            (false, false) => Self::Pending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl FromStr for RowState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("state {s:?} is not one of pending, sent, dead"))
+    }
+}
+
+/// Which rows a list (or a bulk replay) takes; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// All states when `None`.
+    pub state: Option<RowState>,
+    /// Exact; `""` is the default exchange.
+    pub exchange: Option<String>,
+    /// Exact.
+    pub routing_key: Option<String>,
+    pub message_id: Option<Uuid>,
+    /// The row entered its state at or after this (`created_at`, `sent_at` or `dead_at`, by state).
+    pub since: Option<SystemTime>,
+    /// The row entered its state before this.
+    pub until: Option<SystemTime>,
+    /// A case-insensitive substring of the routing key or of the message_id
+    /// (as text). Checked on the rows the indexed filters walk.
+    pub search: Option<String>,
+}
+
+/// One page of a list: rows with an id below `before`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A row as a list shows it: everything but the payload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: i64,
+    pub message_id: Uuid,
+    pub state: RowState,
+    pub exchange: String,
+    pub routing_key: String,
+    pub content_type: Option<String>,
+    /// The stored JSON; a string holding the stored text when it does not
+    /// parse here (a number beyond f64).
+    pub headers: serde_json::Value,
+    /// The payload's size in bytes.
+    pub size: i64,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// RFC 3339, UTC, microseconds; `infinity` / `-infinity` as stored.
+    pub created_at: Option<String>,
+    pub available_at: Option<String>,
+    pub sent_at: Option<String>,
+    pub dead_at: Option<String>,
+}
+
+/// One row and the start of its payload.
+#[derive(Debug, Clone)]
+pub struct Detail {
+    pub row: Listed,
+    /// The first bytes of the payload, at most what the caller asked for;
+    /// `row.size` is the whole.
+    pub payload: Vec<u8>,
+}
+
+/// An RFC 3339 rendering that cannot fail: `to_char` gives NULL for
+/// ±infinity, which then keeps its own text.
+fn rfc3339(column: &str) -> String {
+    format!(
+        "COALESCE(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), {column}::text)"
+    )
+}
+
+/// The columns of [`Listed`], in its decoding order.
+fn listed_columns() -> String {
+    format!(
+        "id, message_id, sent_at IS NOT NULL, dead_at IS NOT NULL, exchange, routing_key,
+       content_type, headers::text, octet_length(payload)::bigint, attempts, last_error,
+       {}, {}, {}, {}",
+        rfc3339("created_at"),
+        rfc3339("available_at"),
+        rfc3339("sent_at"),
+        rfc3339("dead_at"),
+    )
+}
+
+const LISTED_WIDTH: usize = 15;
+
+fn decode_listed(row: &tokio_postgres::Row) -> Result<Listed, StoreError> {
+    let sent: bool = typed(row, 2, "sent_at", "timestamptz")?;
+    let dead: bool = typed(row, 3, "dead_at", "timestamptz")?;
+    let headers: Option<String> = typed(row, 7, "headers", "jsonb")?;
+    let headers = headers.map_or(serde_json::Value::Null, |text| {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    });
+    Ok(Listed {
+        id: typed(row, 0, "id", "bigint")?,
+        message_id: typed(row, 1, "message_id", "uuid")?,
+        state: RowState::of(sent, dead),
+        exchange: typed(row, 4, "exchange", "text")?,
+        routing_key: typed(row, 5, "routing_key", "text")?,
+        content_type: typed(row, 6, "content_type", "text")?,
+        headers,
+        size: typed(row, 8, "payload", "bytea")?,
+        attempts: typed(row, 9, "attempts", "integer")?,
+        last_error: typed(row, 10, "last_error", "text")?,
+        created_at: typed(row, 11, "created_at", "timestamptz")?,
+        available_at: typed(row, 12, "available_at", "timestamptz")?,
+        sent_at: typed(row, 13, "sent_at", "timestamptz")?,
+        dead_at: typed(row, 14, "dead_at", "timestamptz")?,
+    })
+}
+
+/// A statement being composed, with its parameters.
+struct Composed<'a> {
+    params: Vec<(&'a (dyn ToSql + Sync), Type)>,
+}
+
+impl<'a> Composed<'a> {
+    /// Binds `value` and returns its placeholder.
+    fn bind(&mut self, value: &'a (dyn ToSql + Sync), ty: Type) -> String {
+        self.params.push((value, ty));
+        format!("${}", self.params.len())
+    }
+}
+
+/// A filter's values, owned for the statement's parameters.
+struct Bound {
+    search: Option<String>,
+    before: Option<i64>,
+    limit: i64,
+}
+
+/// The list statement: one index-ordered, limited query per state, merged.
+/// `columns` is what each row gives.
+fn compose_list<'a>(
+    table: &str,
+    columns: &str,
+    filter: &'a Filter,
+    bound: &'a Bound,
+) -> (String, Vec<(&'a (dyn ToSql + Sync), Type)>) {
+    let mut q = Composed { params: Vec::new() };
+    let mut common = Vec::new();
+    if let Some(exchange) = &filter.exchange {
+        common.push(format!("exchange = {}", q.bind(exchange, Type::TEXT)));
+    }
+    if let Some(routing_key) = &filter.routing_key {
+        common.push(format!("routing_key = {}", q.bind(routing_key, Type::TEXT)));
+    }
+    if let Some(message_id) = &filter.message_id {
+        common.push(format!("message_id = {}", q.bind(message_id, Type::UUID)));
+    }
+    if let Some(search) = &bound.search {
+        let p = q.bind(search, Type::TEXT);
+        common.push(format!(
+            "(strpos(lower(routing_key), {p}) > 0 OR strpos(message_id::text, {p}) > 0)"
+        ));
+    }
+    if let Some(before) = &bound.before {
+        common.push(format!("id < {}", q.bind(before, Type::INT8)));
+    }
+    let since = filter.since.as_ref().map(|t| q.bind(t, Type::TIMESTAMPTZ));
+    let until = filter.until.as_ref().map(|t| q.bind(t, Type::TIMESTAMPTZ));
+    let limit = q.bind(&bound.limit, Type::INT8);
+    let states = match filter.state {
+        Some(state) => vec![state],
+        None => RowState::ALL.to_vec(),
+    };
+    let branches: Vec<String> = states
+        .into_iter()
+        .map(|state| {
+            let mut conditions = vec![state.predicate().to_owned()];
+            conditions.extend(common.iter().cloned());
+            if let Some(p) = &since {
+                conditions.push(format!("{} >= {p}", state.time_column()));
+            }
+            if let Some(p) = &until {
+                conditions.push(format!("{} < {p}", state.time_column()));
+            }
+            format!(
+                "(SELECT {columns} FROM {table} WHERE {} ORDER BY id DESC LIMIT {limit})",
+                conditions.join(" AND ")
+            )
+        })
+        .collect();
+    let sql = match branches.as_slice() {
+        [one] => one.clone(),
+        _ => format!(
+            "SELECT * FROM ({}) AS rows ORDER BY id DESC LIMIT {limit}",
+            branches.join(" UNION ALL ")
+        ),
+    };
+    (sql, q.params)
+}
+
+impl Outbox {
+    /// Runs `sql` in a read-only transaction bounded by [`BROWSE_TIMEOUT`].
+    async fn browse_query(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.build_transaction().read_only(true).start().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            BROWSE_TIMEOUT.as_millis()
+        ))
+        .await?;
+        let rows = tx.query_typed(sql, params).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// One page of the rows `filter` takes, newest (highest id) first.
+    pub async fn list(&self, filter: &Filter, page: Page) -> Result<Vec<Listed>, StoreError> {
+        let bound = Bound {
+            search: filter.search.as_ref().map(|s| s.to_lowercase()),
+            before: page.before,
+            limit: page.limit,
+        };
+        let (sql, params) = compose_list(self.table(), &listed_columns(), filter, &bound);
+        let rows = self.browse_query(&sql, &params).await?;
+        rows.iter().map(decode_listed).collect()
+    }
+
+    /// The ids of up to `limit` dead rows `filter` takes (its state aside),
+    /// newest first.
+    pub async fn dead_ids(&self, filter: &Filter, limit: i64) -> Result<Vec<i64>, StoreError> {
+        let filter = Filter {
+            state: Some(RowState::Dead),
+            ..filter.clone()
+        };
+        let bound = Bound {
+            search: filter.search.as_ref().map(|s| s.to_lowercase()),
+            before: None,
+            limit,
+        };
+        let (sql, params) = compose_list(self.table(), "id", &filter, &bound);
+        let rows = self.browse_query(&sql, &params).await?;
+        rows.iter().map(|r| typed(r, 0, "id", "bigint")).collect()
+    }
+
+    /// One row by id or message_id, with at most `max_payload` bytes of
+    /// its payload (the rest is never read into memory).
+    pub async fn detail(
+        &self,
+        key: &RowKey,
+        max_payload: usize,
+    ) -> Result<Option<Detail>, StoreError> {
+        // substring() counts in int4.
+        let max = i32::try_from(max_payload).unwrap_or(i32::MAX);
+        let sql = |column: &str| {
+            format!(
+                "SELECT {}, substring(payload FROM 1 FOR $2) FROM {} WHERE {column} = $1",
+                listed_columns(),
+                self.table()
+            )
+        };
+        let rows = match key {
+            RowKey::Id(id) => {
+                let params = [(id as &(dyn ToSql + Sync), Type::INT8), (&max, Type::INT4)];
+                self.browse_query(&sql("id"), &params).await?
+            }
+            RowKey::MessageId(m) => {
+                let params = [(m as &(dyn ToSql + Sync), Type::UUID), (&max, Type::INT4)];
+                self.browse_query(&sql("message_id"), &params).await?
+            }
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(Detail {
+            row: decode_listed(row)?,
+            payload: typed(row, LISTED_WIDTH, "payload", "bytea")?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compose(filter: &Filter) -> (String, usize) {
+        let bound = Bound {
+            search: filter.search.clone(),
+            before: Some(10),
+            limit: 50,
+        };
+        let (sql, params) = compose_list("\"s\".outbox", "id", filter, &bound);
+        (sql, params.len())
+    }
+
+    #[test]
+    fn one_state_is_one_index_ordered_query_with_every_value_bound() {
+        let filter = Filter {
+            state: Some(RowState::Sent),
+            exchange: Some("x'; DROP TABLE t; --".into()),
+            since: Some(SystemTime::UNIX_EPOCH),
+            search: Some("Key".into()),
+            ..Filter::default()
+        };
+        let (sql, params) = compose(&filter);
+        assert_eq!(params, 5);
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(!sql.contains("UNION"), "{sql}");
+        assert!(
+            sql.contains("sent_at IS NOT NULL AND exchange = $1"),
+            "{sql}"
+        );
+        assert!(sql.contains("sent_at >= $4"), "{sql}");
+        assert!(sql.ends_with("ORDER BY id DESC LIMIT $5)"), "{sql}");
+    }
+
+    #[test]
+    fn all_states_are_the_union_of_each_states_query() {
+        let (sql, params) = compose(&Filter {
+            until: Some(SystemTime::UNIX_EPOCH),
+            ..Filter::default()
+        });
+        assert_eq!(params, 3);
+        assert_eq!(sql.matches("UNION ALL").count(), 2);
+        for state in RowState::ALL {
+            assert!(sql.contains(state.predicate()), "{sql}");
+            assert!(
+                sql.contains(&format!("{} < $2", state.time_column())),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn states_parse_from_their_names_only() {
+        for state in RowState::ALL {
+            assert_eq!(state.as_str().parse::<RowState>(), Ok(state));
+        }
+        assert!("Pending".parse::<RowState>().is_err());
+        assert!("all".parse::<RowState>().is_err());
+    }
+}
