@@ -145,6 +145,9 @@ pub struct Relay {
     broker: Arc<Broker>,
     settings: RelaySettings,
     publisher: Option<Publisher>,
+    /// Counts the channels this relay opened: a batch settled after its
+    /// channel was replaced must not drop the new one.
+    channel_generation: u64,
     /// Shared by a relay's workers: one large payload loaded at a time.
     large_lane: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -164,6 +167,7 @@ impl Relay {
             broker,
             settings,
             publisher: None,
+            channel_generation: 0,
             large_lane,
             metrics,
         }
@@ -218,6 +222,11 @@ impl Relay {
         }
     }
 
+    /// False once the channel broke (until the next step opens another).
+    pub fn has_channel(&self) -> bool {
+        self.publisher.is_some()
+    }
+
     /// Forgets the channel, e.g. after a step was abandoned at its deadline.
     pub fn reset_channel(&mut self) {
         self.publisher = None;
@@ -226,6 +235,7 @@ impl Relay {
     async fn ensure_publisher(&mut self) -> Result<(), BrokerError> {
         if !self.publisher.as_ref().is_some_and(Publisher::is_usable) {
             self.publisher = Some(self.broker.publisher().await?);
+            self.channel_generation += 1;
         }
         Ok(())
     }

@@ -47,7 +47,10 @@ impl Pipeline {
             });
         };
         let settled = self.relay.finish_batch(previous).await;
-        if settled.is_err() {
+        // A failed step, or a channel that broke under the settled batch:
+        // the batch in flight cannot fare better, and its claim must not
+        // wait through another step (a stalled broker would double it).
+        if settled.is_err() || !self.relay.has_channel() {
             self.drain().await;
         }
         settled

@@ -28,6 +28,8 @@ pub struct InFlight {
     /// Row indexes of the messages in `sent`, in publish order.
     slots: Vec<usize>,
     sent: Option<SentBatch>,
+    /// The channel `sent` went out on.
+    generation: u64,
     started: Instant,
     claimed: Instant,
     /// The publish span and the messages' spans: they end with the confirms.
@@ -73,6 +75,7 @@ impl Relay {
             fates: Vec::with_capacity(claim.rows.len()),
             slots: Vec::new(),
             sent: None,
+            generation: self.channel_generation,
             started,
             claimed,
             spans: (publishing.clone(), Vec::new()),
@@ -89,13 +92,14 @@ impl Relay {
             mut fates,
             slots,
             sent,
+            generation,
             started,
             claimed,
             spans,
         } = batch;
         if let Some(sent) = sent {
             let results = sent.confirmed().await;
-            self.settle(&claim.rows, &slots, results, &mut fates);
+            self.settle(&claim.rows, &slots, results, &mut fates, generation);
         }
         drop(spans);
         kill_point!("relay_after_confirm");
@@ -176,7 +180,8 @@ impl Relay {
             let results = publisher
                 .publish_batch(outgoing, self.settings.confirm_timeout)
                 .await;
-            self.settle(&claim.rows, &[index], results, &mut batch.fates);
+            let generation = self.channel_generation;
+            self.settle(&claim.rows, &[index], results, &mut batch.fates, generation);
         }
         Ok(())
     }
@@ -212,14 +217,18 @@ impl Relay {
         })
     }
 
-    /// Records the broker's answers for the rows at `slots`. A channel the
-    /// broker closed over one exchange blames that exchange's rows only.
+    /// Records the broker's answers for the rows at `slots`, sent on the
+    /// channel of `generation`. A channel the broker closed over one
+    /// exchange blames that exchange's rows only. A broken channel is
+    /// forgotten only if it is still the current one: a later batch may
+    /// already be in flight on its replacement.
     fn settle(
         &mut self,
         rows: &[Claimed],
         slots: &[usize],
         results: Vec<Result<(), PublishError>>,
         fates: &mut [Fate],
+        generation: u64,
     ) {
         let mut broken = false;
         let mut refused: Option<(String, String)> = None;
@@ -243,7 +252,7 @@ impl Relay {
                 _ => Fate::Failed(e.into()),
             };
         }
-        if broken || refused.is_some() {
+        if (broken || refused.is_some()) && generation == self.channel_generation {
             self.publisher = None;
             self.broker.forget_exchanges();
         }

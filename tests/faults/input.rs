@@ -147,10 +147,11 @@ async fn poison_rows_are_dead_lettered_and_the_good_rows_around_them_all_arrive(
     run.produced.rolled_back.extend(mixed.rolled_back);
     // Poison rows fail before they are published and duplicate nothing,
     // except the internal exchange's: the broker closes the channel under
-    // the batch in flight, and rows of that batch it had enqueued without
-    // confirming are sent again. The refusal is then remembered for 5 s, so
-    // that happens at most once per internal-exchange row (three of them).
-    run.verify(3, crate::BATCH).await;
+    // the batches in flight on it (two, pipelined), and rows it had
+    // enqueued without confirming are sent again. The refusal is then
+    // remembered for 5 s, so that happens at most once per internal-exchange
+    // row (three of them).
+    run.verify(3, crate::IN_FLIGHT * crate::BATCH).await;
     relay.terminate();
 }
 

@@ -26,10 +26,14 @@ static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WITHIN: Duration = Duration::from_secs(120);
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
-/// Relay settings most scenarios use: four batches of 100 in flight.
+/// Relay settings most scenarios use: four workers, batches of 100.
 const BATCH: usize = 100;
 const CONCURRENCY: usize = 4;
-const WINDOW: usize = BATCH * CONCURRENCY;
+/// Batches a worker has claimed and not yet marked: the pipelined step
+/// sends the next batch before it settles the previous one.
+const IN_FLIGHT: usize = 2;
+/// What one fault may duplicate: everything sent and not yet marked.
+const WINDOW: usize = BATCH * IN_FLIGHT * CONCURRENCY;
 
 /// `outbox-relay run` as a child process, to be killed like a crash would.
 struct RelayChild(std::process::Child);
