@@ -320,6 +320,14 @@ impl Outbox {
     }
 
     /// Answers when the database does (readiness).
+    /// Whether a row is due now: one indexed look at the pending rows, no
+    /// transaction, no lock (an idle worker's poll).
+    pub async fn has_due(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_typed(&self.sql.has_due, &[]).await?;
+        Ok(row.first().is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;

@@ -38,6 +38,10 @@ FROM (
 ORDER BY id";
 
 /// One large payload, read under the claim that holds its row.
+/// An idle worker's look: the first due row on the pending index.
+const HAS_DUE: &str = "SELECT EXISTS (SELECT 1 FROM {table}
+    WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now())";
+
 const LOAD_PAYLOAD: &str = "SELECT payload FROM {table} WHERE id = $1";
 
 /// `--on-sent mark`: confirmed rows leave the pending set but stay visible.
@@ -128,6 +132,7 @@ RETURNING id";
 pub struct Statements {
     pub table: String,
     pub claim: String,
+    pub has_due: String,
     pub load_payload: String,
     pub mark_sent: String,
     pub delete_sent: String,
@@ -149,6 +154,7 @@ impl Statements {
         let render = |template: &str| template.replace("{table}", &table);
         Self {
             claim: render(CLAIM),
+            has_due: render(HAS_DUE),
             load_payload: render(LOAD_PAYLOAD),
             mark_sent: render(MARK_SENT),
             delete_sent: render(DELETE_SENT),

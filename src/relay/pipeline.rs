@@ -78,6 +78,11 @@ impl Pipeline {
         self.relay.reset_channel();
     }
 
+    /// Whether any row is due, without claiming (while idle).
+    pub async fn has_due(&self) -> Result<bool, RelayError> {
+        Ok(self.relay.outbox.has_due().await?)
+    }
+
     /// Closes the worker's channel.
     pub async fn close(&mut self) {
         self.relay.close().await;

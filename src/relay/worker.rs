@@ -137,6 +137,7 @@ pub async fn run_worker(
     let mut errors = ErrorBackoff::new(Duration::from_millis(100), options.error_backoff_max);
     let mut healthy = true;
     let mut relay = Pipeline::new(relay);
+    let mut idle = Idle::new(options.poll_interval);
     while !stop.is_cancelled() {
         if let Some(until) = shared.paused_until() {
             shared.health.beat(worker);
@@ -147,6 +148,21 @@ pub async fn run_worker(
             continue;
         }
         fail_point_block();
+        if idle.is_idle() {
+            // Idle: one indexed existence check instead of a claim's
+            // transaction. If it fails, the step below says why.
+            let due = tokio::time::timeout(options.step_timeout, relay.has_due()).await;
+            if let Ok(Ok(false)) = due {
+                shared.health.beat(worker);
+                let pause = idle.next_wait();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.wake.notified() => idle.reset(),
+                }
+                continue;
+            }
+        }
         let step = tokio::time::timeout(options.step_timeout, relay.step()).await;
         shared.health.beat(worker);
         let pause = match step {
@@ -170,11 +186,15 @@ pub async fn run_worker(
                             claim = ?report.timings[0], publish = ?report.timings[1],
                             mark = ?report.timings[2], "batch relayed");
                         // More may be due: claim again at once.
+                        idle.reset();
                         continue;
                     }
                     // Sent: the next step claims more and settles it.
-                    Outcome::InFlight => continue,
-                    Outcome::Empty => idle_wait(options.poll_interval),
+                    Outcome::InFlight => {
+                        idle.reset();
+                        continue;
+                    }
+                    Outcome::Empty => idle.next_wait(),
                 }
             }
             Ok(Err(e)) if e.is_systemic() => {
@@ -205,7 +225,7 @@ pub async fn run_worker(
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
-            () = shared.wake.notified() => {}
+            () = shared.wake.notified() => idle.reset(),
         }
     }
     // The batch in flight is finished, not dropped (invariant 6).
@@ -244,9 +264,38 @@ fn fail_point_block() {
     fail::fail_point!("relay_worker_loop");
 }
 
-/// A random 50-100% of the poll interval: the workers' idle polls drift
-/// apart instead of firing together, so a new row waits for the next poll of
-/// any worker (about `poll / concurrency`), never longer than `poll`.
-fn idle_wait(poll: Duration) -> Duration {
-    poll.mul_f64(0.5 + 0.5 * fastrand::f64())
+/// The adaptive poll. After an empty claim a worker waits [`IDLE_FIRST`],
+/// then twice as long after each further empty look, up to the poll
+/// interval; while idle it looks with an existence check, not a claim. Any
+/// work (or a wake-up) starts it over. So a row committed shortly after the
+/// last batch waits a few milliseconds, not a poll interval, without the
+/// wake-up trigger, and an idle relay costs a few cheap queries a second.
+/// Each wait is a random 50-100% of its step: the workers' looks drift
+/// apart instead of firing together.
+struct Idle {
+    next: Option<Duration>,
+    max: Duration,
+}
+
+/// The first wait after an empty claim.
+pub const IDLE_FIRST: Duration = Duration::from_millis(5);
+
+impl Idle {
+    fn new(max: Duration) -> Self {
+        Self { next: None, max }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.next.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.next = None;
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let step = self.next.unwrap_or(IDLE_FIRST.min(self.max));
+        self.next = Some((step * 2).min(self.max));
+        step.mul_f64(0.5 + 0.5 * fastrand::f64())
+    }
 }

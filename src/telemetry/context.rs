@@ -34,6 +34,9 @@ impl TraceContext {
     /// `traceparent` is valid; `None` otherwise.
     pub fn read<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
         let traceparent = get(TRACEPARENT)?.trim();
+        if !well_formed(traceparent) {
+            return None;
+        }
         let tracestate = get(TRACESTATE).map(str::trim).filter(|s| !s.is_empty());
         let carrier = Pair {
             traceparent,
@@ -92,6 +95,20 @@ impl TraceContext {
             }
         }
     }
+}
+
+/// The W3C field widths (version, trace id, span id, flags), lowercase hex:
+/// the propagator parses the ids as numbers and would take a short one.
+fn well_formed(traceparent: &str) -> bool {
+    let widths = [2, 32, 16, 2];
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    fields.len() >= widths.len()
+        && fields.iter().zip(widths).all(|(field, width)| {
+            field.len() == width
+                && field
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
 }
 
 /// The two header values, for the propagator.
