@@ -139,3 +139,112 @@ fn reply_to_of(request: &DynamicMessage, field: &FieldDescriptor) -> Option<Stri
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::Catalog;
+    use crate::grpc::topology::Route;
+    use prost::Message as _;
+
+    /// The catalog of the pentops and j5 test set, and a request of `path`
+    /// whose RequestMetadata (if any) has `reply_to`.
+    fn call(path: &str, reply_to: Option<&str>) -> (O5Route, DynamicMessage, Vec<u8>) {
+        let set = std::path::PathBuf::from(env!("OUT_DIR")).join("o5_descriptors.bin");
+        let pool = crate::grpc::descriptors::pool_from_files(&[set]).unwrap();
+        let catalog = Catalog::from_pool(&pool).unwrap();
+        let method = catalog.lookup(path).expect(path);
+        let Route::O5(route) = &method.route else {
+            panic!("{path} is not an o5 topic");
+        };
+        let mut request = DynamicMessage::new(method.input.clone());
+        if let (Some(field), Some(reply_to)) = (&route.metadata, reply_to) {
+            let Kind::Message(metadata) = field.kind() else {
+                unreachable!()
+            };
+            let mut metadata = DynamicMessage::new(metadata);
+            metadata.set_field_by_name("reply_to", Value::String(reply_to.into()));
+            request.set_field(field, Value::Message(metadata));
+        }
+        let bytes = request.encode_to_vec();
+        (route.clone(), request, bytes)
+    }
+
+    const ID: &str = "0b9d6f3e-4a7c-4d0e-9a51-3f2c8e7b1d20";
+
+    #[test]
+    fn a_call_becomes_a_message_with_its_names_its_bytes_as_a_protobuf_body_and_the_topic() {
+        let (route, request, bytes) = call("/foo.v1.FooTopic/Bar", None);
+        let id = uuid::Uuid::parse_str(ID).unwrap();
+        let message = route
+            .message_of(("foo.v1.FooTopic", "Bar"), &request, &bytes, Some(id))
+            .unwrap();
+        assert_eq!(message.message_id, ID);
+        assert_eq!(message.grpc_service, "foo.v1.FooTopic");
+        assert_eq!(message.grpc_method, "Bar");
+        assert_eq!(
+            message.body,
+            Some(Any {
+                type_url: "type.googleapis.com/foo.v1.BarMessage".into(),
+                value: bytes,
+                encoding: WireEncoding::Unspecified.into(),
+            })
+        );
+        assert_eq!(message.destination_topic, "foo");
+        assert!(message.timestamp.is_some());
+        assert_eq!(message.extension, None);
+        let other = route
+            .message_of(("foo.v1.FooTopic", "Bar"), &request, &[], None)
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(&other.message_id).is_ok(), "a new id");
+    }
+
+    #[test]
+    fn requests_and_replies_carry_the_reply_to_of_their_request_metadata() {
+        let names = ("j5test.v1.GreetingRequestTopic", "Greeting");
+        let (route, request, bytes) = call("/j5test.v1.GreetingRequestTopic/Greeting", None);
+        let message = route.message_of(names, &request, &bytes, None).unwrap();
+        assert_eq!(
+            message.extension,
+            Some(Extension::Request(Request::default())),
+            "the bridge's stamp fills it in"
+        );
+        let names = ("j5test.v1.GreetingReplyTopic", "Greeted");
+        let (route, request, bytes) =
+            call("/j5test.v1.GreetingReplyTopic/Greeted", Some("test/shop"));
+        let message = route.message_of(names, &request, &bytes, None).unwrap();
+        assert_eq!(
+            message.extension,
+            Some(Extension::Reply(Reply {
+                reply_to: "test/shop".into()
+            }))
+        );
+        for reply_to in [None, Some("")] {
+            let (route, request, bytes) = call("/j5test.v1.GreetingReplyTopic/Greeted", reply_to);
+            let e = route.message_of(names, &request, &bytes, None).unwrap_err();
+            assert!(
+                matches!(&e, IngressError::NoRequester { path } if path == "request.reply_to"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_topic_names_its_entity() {
+        let (route, request, bytes) = call("/j5test.v1.ThingPublishTopic/Thing", None);
+        let message = route
+            .message_of(
+                ("j5test.v1.ThingPublishTopic", "Thing"),
+                &request,
+                &bytes,
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            message.extension,
+            Some(Extension::Event(Event {
+                entity_name: "j5test.v1.thing".into()
+            }))
+        );
+    }
+}

@@ -21,10 +21,10 @@
 //! the catalog is built, with the service named.
 
 use super::o5::topic::{O5Route, route_of};
-use super::options::{self, Found, Messaging, OptionError, OutboxKind};
+use super::options::{self, Messaging, OptionError, OutboxKind};
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind as FieldKind, MessageDescriptor,
-    ReflectMessage, ServiceDescriptor, Value,
+    ServiceDescriptor, Value,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -178,7 +178,12 @@ impl Catalog {
     pub fn from_pool(pool: &DescriptorPool) -> Result<Self, TopologyError> {
         let mut methods = HashMap::new();
         for service in pool.services() {
-            let Some(found) = messaging_of(&service)? else {
+            let found =
+                options::of_service(&service).map_err(|error| TopologyError::Messaging {
+                    service: service.full_name().to_owned(),
+                    error,
+                })?;
+            let Some(found) = found else {
                 continue;
             };
             let plan = plan_of(&service, found.messaging)?;
@@ -244,54 +249,6 @@ impl Catalog {
             }
         }
         out
-    }
-}
-
-/// The service's messaging option, read from the raw bytes of its options:
-/// that works whether or not the pool knows the extension.
-fn messaging_of(service: &ServiceDescriptor) -> Result<Option<Found>, TopologyError> {
-    use prost::Message as _;
-    let options = service.options();
-    let names = ServiceNames {
-        service,
-        options: options.descriptor(),
-    };
-    options::read(&options.encode_to_vec(), &names).map_err(|error| TopologyError::Messaging {
-        service: service.full_name().to_owned(),
-        error,
-    })
-}
-
-/// What the pool says about the ServiceOptions field numbers of a service.
-struct ServiceNames<'a> {
-    service: &'a ServiceDescriptor,
-    options: MessageDescriptor,
-}
-
-impl options::Names for ServiceNames<'_> {
-    fn is_standard(&self, number: u32) -> bool {
-        self.options.get_field(number).is_some()
-    }
-
-    /// An option is written with an extension its file imports, so those
-    /// names come first (j5 and o5 share numbers: the one used is shown).
-    fn names(&self, number: u32) -> Vec<String> {
-        let file = self.service.parent_file();
-        let imported: Vec<String> = std::iter::once(file.clone())
-            .chain(file.dependencies())
-            .map(|f| f.name().to_owned())
-            .collect();
-        let mut named: Vec<(bool, String)> = self
-            .options
-            .extensions()
-            .filter(|e| e.number() == number)
-            .map(|e| {
-                let elsewhere = !imported.iter().any(|f| f == e.parent_file().name());
-                (elsewhere, e.full_name().to_owned())
-            })
-            .collect();
-        named.sort();
-        named.into_iter().map(|(_, name)| name).collect()
     }
 }
 
@@ -405,15 +362,4 @@ fn read_path(message: &DynamicMessage, path: &[FieldDescriptor]) -> Option<Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn method_routes_use_slashes_inside_the_service_name() {
-        assert_eq!(
-            method_route("orders.v1.OrderEvents", "Created"),
-            "service.orders/v1/OrderEvents.Created"
-        );
-        assert_eq!(method_route("Flat", "M"), "service.Flat.M");
-    }
-}
+mod tests;
