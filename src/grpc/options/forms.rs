@@ -4,6 +4,7 @@
 use super::wire::{self, Value};
 use super::{O5Topic, OptionError, OutboxKind, Role};
 
+/// The bytes of a length-delimited value (a string or an embedded message).
 pub(super) fn message_bytes<'a>(
     value: &Value<'a>,
     option: &str,
@@ -20,7 +21,7 @@ pub(super) fn message_bytes<'a>(
     }
 }
 
-/// Strict readers of the forms' messages, naming `option` in errors.
+/// Reads one form's message (and those inside it), naming `option` in errors.
 pub(super) struct Reader<'a> {
     pub option: &'a str,
 }

@@ -224,15 +224,13 @@ pub fn read(options: &[u8], names: &dyn Names) -> Result<Option<Found>, OptionEr
     Ok(Some(Found { option, messaging }))
 }
 
-/// Rules 3 and 4: an extension outside the table.
+/// Rules 3 and 4: an extension outside the table, known by its first name
+/// (the one the service's file imports, when several share the number).
 fn check_foreign(number: u32, names: &dyn Names) -> Result<(), OptionError> {
-    let named = names.names(number);
-    if named.is_empty() {
-        return Err(OptionError::Undefined { number });
-    }
-    match named.into_iter().find(|n| is_messaging(n)) {
-        Some(option) => Err(OptionError::Unknown { option }),
-        None => Ok(()),
+    match names.names(number).into_iter().next() {
+        None => Err(OptionError::Undefined { number }),
+        Some(option) if is_messaging(&option) => Err(OptionError::Unknown { option }),
+        Some(_) => Ok(()),
     }
 }
 

@@ -252,6 +252,12 @@ fn an_unknown_extension_in_a_messaging_package_is_refused_naming_it() {
     // Ours, at a number that is not ours: a home-made copy of the docs.
     let names = pool(&[(50123, "pentops.messaging.v1.config")]);
     assert!(read_with(&kind(50123, 1, "foo"), &names).is_err());
+    // Two extensions share a number: the one the service imports decides.
+    let names = pool(&[
+        (1049, "google.api.default_host"),
+        (1049, "acme.messaging.v1.x"),
+    ]);
+    assert_eq!(read_with(&msg(&[(1049, b"h")]), &names), Ok(None));
 }
 
 #[test]
