@@ -4,13 +4,20 @@
 //! - Rust code for every package (servers and clients);
 //! - `outbox_descriptors.bin`: the contract's FileDescriptorSet (served by
 //!   server reflection, and the source of the messaging options);
-//! - `test_descriptors.bin`, `bad_descriptors.bin`: what an application would
-//!   hand the sidecar with `--descriptor-set`, for the integration tests.
+//! - `test_descriptors.bin`, `bad_descriptors.bin`, and one set per o5 option
+//!   form (`o5_descriptors.bin`: pentops and j5; `o5_legacy_descriptors.bin`:
+//!   o5-messaging, whose options share the j5 field numbers, so no one set
+//!   holds both) and `unknown_descriptors.bin` (an option the sidecar does
+//!   not know): what an application would hand the sidecar with
+//!   `--descriptor-set`, for the integration tests.
 
 use std::path::{Path, PathBuf};
 
 const CONTRACT: &[&str] = &[
     "proto/outbox/messaging/v1/options.proto",
+    "proto/pentops/messaging/v1/options.proto",
+    "proto/j5/messaging/v1/annotations.proto",
+    "proto/o5/messaging/v1/annotations.proto",
     "proto/outbox/v1/publisher.proto",
     "proto/o5/messaging/v1/message.proto",
     "proto/o5/messaging/v1/topic/bridge.proto",
@@ -41,11 +48,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "::outbox_relay::proto::outbox::messaging",
         )
         .compile_fds(test)?;
-    compile(
-        &["bad/v1/bad.proto"],
-        &includes,
-        &out.join("bad_descriptors.bin"),
-    )?;
+    let sets: [(&[&str], &str); 4] = [
+        (&["bad/v1/bad.proto"], "bad_descriptors.bin"),
+        (
+            &["foo/v1/foo.proto", "j5test/v1/topics.proto"],
+            "o5_descriptors.bin",
+        ),
+        (&["o5test/v1/topics.proto"], "o5_legacy_descriptors.bin"),
+        (&["acme/v1/orders.proto"], "unknown_descriptors.bin"),
+    ];
+    for (files, set) in sets {
+        compile(files, &includes, &out.join(set))?;
+    }
     Ok(())
 }
 

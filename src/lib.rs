@@ -25,7 +25,7 @@
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
-//! | `proto/` | the gRPC contract and the messaging options (topologies) |
+//! | `proto/` | the gRPC contract and the messaging options (ours, and the o5 / j5 / pentops forms we accept) |
 //! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ; `tests/faults/` counts what faults do |
 //! | `benches/` | the benchmark harness |
 //! | `deploy/` | container image, Kubernetes sidecar manifests, local scripts |

@@ -25,9 +25,11 @@ pub struct GrpcArgs {
     #[arg(long, env = "OUTBOX_INGRESS_MODE", value_enum, default_value_t = IngressMode::Outbox)]
     pub ingress_mode: IngressMode,
     /// FileDescriptorSet files (`protoc --include_imports --descriptor_set_out`,
-    /// `buf build -o`) whose services carry `(outbox.messaging.v1.config)`:
-    /// each such service is served at its own path. Repeatable; the
-    /// environment variable takes a comma-separated list.
+    /// `buf build -o`) whose services carry a messaging option
+    /// (`(outbox.messaging.v1.config)`, or an o5 form: `(pentops|j5|o5
+    /// .messaging.v1.config)`, `(j5|o5.messaging.v1.service)`): each such
+    /// service is served at its own path. Repeatable; the environment
+    /// variable takes a comma-separated list.
     #[arg(
         long = "descriptor-set",
         env = "OUTBOX_DESCRIPTOR_SET",

@@ -2,9 +2,10 @@
 //!
 //! Served on `--grpc-addr`:
 //! - `outbox.v1.Publisher` (generic: exchange, routing key, payload, ...);
-//! - every application service carrying `(outbox.messaging.v1.config)`, at
-//!   its real path, from `--descriptor-set` files or the application's
-//!   reflection (`--descriptor-reflection`);
+//! - every application service carrying a messaging option ([`options`]:
+//!   ours, `(outbox.messaging.v1.config)`, or an o5 form, served as o5
+//!   serves it), at its real path, from `--descriptor-set` files or the
+//!   application's reflection (`--descriptor-reflection`);
 //! - `o5.messaging.v1.topic.MessageBridgeTopic/Send`;
 //! - `grpc.health.v1.Health` and server reflection.
 //!
@@ -20,6 +21,7 @@ mod health;
 mod listener;
 pub mod o5;
 pub mod observe;
+pub mod options;
 pub mod publisher;
 pub mod raw;
 pub mod sink;

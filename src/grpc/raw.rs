@@ -4,14 +4,15 @@
 //! This service is the router's fallback, so it sees every path no compiled
 //! service claims: a path in the catalog is decoded against its declared
 //! request type (INVALID_ARGUMENT when it does not decode), routed by its
-//! topology and stored; any other path is UNIMPLEMENTED. The request size
-//! limit is enforced while reading (RESOURCE_EXHAUSTED).
+//! topology (an o5 topic's call is wrapped into an o5 `Message` and handed
+//! to the o5 bridge) and stored; any other path is UNIMPLEMENTED. The
+//! request size limit is enforced while reading (RESOURCE_EXHAUSTED).
 
 use super::o5;
 use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
-use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF};
+use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, Route};
 use crate::outbox::NewMessage;
 use bytes::{Buf, Bytes};
 use serde_json::Value;
@@ -145,6 +146,11 @@ impl Shared {
                 type_name: method.input.full_name().to_owned(),
                 reason: e.to_string(),
             })?;
+        if let Route::O5(route) = &method.route {
+            let names = (method.service.as_str(), method.method.as_str());
+            let message = route.message_of(names, &decoded, bytes, message_id_of(request)?)?;
+            return self.o5.publish(message, None);
+        }
         let destination =
             method
                 .destination(&decoded)

@@ -1,12 +1,14 @@
 //! The gRPC ingress against the real PostgreSQL and RabbitMQ, with real
 //! tonic clients generated from the contract and from test protos (one
-//! broadcast, one unicast and one reply service): what arrives, byte for
-//! byte, and which status each failure gets.
+//! broadcast, one unicast and one reply service), and raw calls of the o5
+//! topic protos (one per option form): what arrives, byte for byte, and
+//! which status each failure gets.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod group;
 mod o5;
+mod o5topics;
 mod publisher;
 mod server;
 mod topics;

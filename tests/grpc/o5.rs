@@ -37,7 +37,7 @@ fn o5_message(reply_to: Extension) -> Message {
 }
 
 /// A topic exchange of this test's own, bound to the test queue.
-async fn o5_exchange(env: &TestEnv) -> String {
+pub async fn o5_exchange(env: &TestEnv) -> String {
     let exchange = unique("o5");
     bind_exchange(env, &exchange).await;
     exchange

@@ -1,6 +1,8 @@
 //! The o5 bridge: `o5.messaging.v1.topic.MessageBridgeTopic/Send`, routed as
 //! the o5 platform does (topic exchange `--o5-exchange`, routing key
-//! `service.<package/Service>.<Method>`).
+//! `service.<package/Service>.<Method>`), and the calls of o5 topics
+//! ([`topic`]), which are wrapped into a `Message` and then take the same
+//! path ([`Bridge::publish`]).
 //!
 //! What is published depends on `--o5-wire`:
 //! - `j5json` (default): what an o5 worker's sidecar consumes. The message
@@ -11,9 +13,11 @@
 //!   `application/o5-message`.
 //! - `protobuf`: the `Message` exactly as the client encoded it: its bytes
 //!   are cut out of the request, not decoded and encoded again, so map order
-//!   and unknown fields survive.
+//!   and unknown fields survive. (A wrapped topic call has no such bytes:
+//!   its `Message` is encoded.)
 
 pub mod j5json;
+pub mod topic;
 
 use super::status::IngressError;
 use super::topology::{HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, method_route};
@@ -54,10 +58,21 @@ impl Bridge {
     /// Turns a `SendMessage` request into the message to store.
     pub fn to_new_message(&self, request: &[u8]) -> Result<NewMessage, IngressError> {
         let sent = message_field(request)?.ok_or_else(|| missing("message"))?;
-        let mut message = Message::decode(sent.as_slice()).map_err(|e| undecodable(&e))?;
+        let message = Message::decode(sent.as_slice()).map_err(|e| undecodable(&e))?;
+        self.publish(message, Some(sent))
+    }
+
+    /// The message to store for an o5 `message`: the one path of bridge
+    /// sends and o5 topic calls. `as_sent` is its encoding as the client
+    /// sent it, which the protobuf wire publishes unchanged.
+    pub fn publish(
+        &self,
+        mut message: Message,
+        as_sent: Option<Vec<u8>>,
+    ) -> Result<NewMessage, IngressError> {
         let mut message_id = check(&message)?;
         let (payload, content_type) = match self.wire {
-            O5Wire::Protobuf => (sent, PROTOBUF),
+            O5Wire::Protobuf => (as_sent.unwrap_or_else(|| message.encode_to_vec()), PROTOBUF),
             O5Wire::J5json => {
                 // The body names its message: one sent without an id gets a
                 // fresh UUID, which is also the AMQP message_id.

@@ -7,13 +7,21 @@
 //! | unicast   | `""` (default)                      | `<worker_name>`: its input queue     |
 //! | reply     | `""` (default)                      | the requester named in the message   |
 //! | o5 bridge | `--o5-exchange`, `o5.<env>` (topic) | `service.<package/Service>.<Method>` |
+//! | o5 topic  | as the o5 bridge (the call wrapped into an o5 `Message`) | as the o5 bridge |
+//!
+//! Which services are topic services, and which topology each has, is read
+//! from their messaging option ([`super::options`]: ours maps onto the first
+//! three rows, the o5 / j5 / pentops forms onto the last).
 //!
 //! Invariants owned here: a service is served only if every rpc is unary and
-//! returns `google.protobuf.Empty`, its names fit AMQP's 255-byte limit, and
-//! a reply service's reply-to path leads to a string field; anything else is
-//! refused when the catalog is built, with the service named.
+//! returns `google.protobuf.Empty`, its names fit AMQP's 255-byte limit, a
+//! reply service's reply-to path leads to a string field, and an o5 request
+//! or reply topic's request type has its RequestMetadata field; anything
+//! else, and any messaging option the sidecar does not know, is refused when
+//! the catalog is built, with the service named.
 
-use crate::proto::outbox::messaging::v1::{Topology, topology::Kind};
+use super::o5::topic::{O5Route, route_of};
+use super::options::{self, Messaging, OptionError, OutboxKind};
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind as FieldKind, MessageDescriptor,
     ServiceDescriptor, Value,
@@ -26,8 +34,6 @@ pub const PROTOBUF: &str = "application/protobuf";
 pub const HEADER_SERVICE: &str = "grpc-service";
 pub const HEADER_METHOD: &str = "grpc-method";
 pub const HEADER_TYPE: &str = "proto-type";
-/// The field number of `(outbox.messaging.v1.config)` on ServiceOptions.
-const CONFIG_EXTENSION: u32 = 58501;
 /// AMQP short strings (exchange, routing key) hold at most this many bytes.
 const AMQP_NAME_MAX: usize = 255;
 
@@ -51,6 +57,9 @@ pub enum Route {
     Reply {
         path: Vec<FieldDescriptor>,
     },
+    /// An o5 topic: the call is wrapped into an o5 `Message` and published
+    /// by the o5 bridge, to its exchange.
+    O5(O5Route),
 }
 
 /// Exchange and routing key of one message.
@@ -71,7 +80,7 @@ pub struct TopicMethod {
 
 impl TopicMethod {
     /// Where `request` (already decoded as `input`) goes; `None` for a reply
-    /// that names no requester.
+    /// that names no requester, and for an o5 topic (the bridge routes it).
     pub fn destination(&self, request: &DynamicMessage) -> Option<Destination> {
         match &self.route {
             Route::Broadcast { topic } => Some(Destination {
@@ -89,12 +98,14 @@ impl TopicMethod {
                     routing_key: requester,
                 })
             }
+            Route::O5(_) => None,
         }
     }
 
     pub fn reply_path(&self) -> String {
         match &self.route {
             Route::Reply { path } => path.iter().map(|f| f.name()).collect::<Vec<_>>().join("."),
+            Route::O5(route) => route.reply_path(),
             _ => String::new(),
         }
     }
@@ -122,8 +133,8 @@ pub enum TopologyError {
         "descriptor set {path} is not a valid FileDescriptorSet (build it with `protoc --include_imports --descriptor_set_out` or `buf build -o`): {reason}"
     )]
     Decode { path: String, reason: String },
-    #[error("{service}: its messaging option sets no topology (broadcast, unicast or reply)")]
-    NoKind { service: String },
+    #[error("{service}: {error}")]
+    Messaging { service: String, error: OptionError },
     #[error(
         "{service}/{method} returns {output}: every rpc of a topic service must return google.protobuf.Empty"
     )]
@@ -146,8 +157,14 @@ pub enum TopologyError {
         path: String,
         reason: String,
     },
-    #[error("{service}: its messaging option cannot be read: {reason}")]
-    Option { service: String, reason: String },
+    #[error(
+        "{service}/{method}: a request or reply topic's request type ({input}) needs one field of type j5.messaging.v1.RequestMetadata (or o5.messaging.v1.RequestMetadata), which says where the reply goes"
+    )]
+    RequestMetadata {
+        service: String,
+        method: String,
+        input: String,
+    },
 }
 
 /// The served topic services, by request path `/<package.Service>/<Method>`.
@@ -157,21 +174,36 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Every service in `pool` that carries the messaging option.
+    /// Every service in `pool` that carries a messaging option.
     pub fn from_pool(pool: &DescriptorPool) -> Result<Self, TopologyError> {
         let mut methods = HashMap::new();
         for service in pool.services() {
-            let Some(topology) = topology_of(&service)? else {
+            let found =
+                options::of_service(&service).map_err(|error| TopologyError::Messaging {
+                    service: service.full_name().to_owned(),
+                    error,
+                })?;
+            let Some(found) = found else {
                 continue;
             };
-            let plan = plan_of(&service, topology)?;
+            let plan = plan_of(&service, found.messaging)?;
             for method in service.methods() {
                 check_method(&service, &method)?;
                 let path = format!("/{}/{}", service.full_name(), method.name());
+                // Reply paths and o5 request metadata are resolved per
+                // method: each has its own request type.
                 let route = match &plan {
                     Plan::Fixed(route) => route.clone(),
-                    // Resolved per method: each has its own request type.
                     Plan::ReplyTo(dotted) => reply_route(&service, &method.input(), dotted)?,
+                    Plan::O5(topic) => {
+                        Route::O5(route_of(topic, &method.input()).ok_or_else(|| {
+                            TopologyError::RequestMetadata {
+                                service: service.full_name().to_owned(),
+                                method: method.name().to_owned(),
+                                input: method.input().full_name().to_owned(),
+                            }
+                        })?)
+                    }
                 };
                 methods.insert(
                     path,
@@ -212,29 +244,12 @@ impl Catalog {
                 Route::Unicast { worker } => {
                     out.queues.insert(worker.clone());
                 }
-                Route::Reply { .. } => {}
+                // o5 topics publish to the o5 exchange, declared anyway.
+                Route::Reply { .. } | Route::O5(_) => {}
             }
         }
         out
     }
-}
-
-/// ServiceOptions, read for the messaging extension only: decoding the
-/// options' bytes works whether or not the pool knows the extension.
-#[derive(Clone, PartialEq, prost::Message)]
-struct OptionsProbe {
-    #[prost(message, optional, tag = "58501")]
-    config: Option<Topology>,
-}
-
-fn topology_of(service: &ServiceDescriptor) -> Result<Option<Topology>, TopologyError> {
-    use prost::Message as _;
-    let bytes = service.options().encode_to_vec();
-    let probe = OptionsProbe::decode(bytes.as_slice()).map_err(|e| TopologyError::Option {
-        service: service.full_name().to_owned(),
-        reason: format!("field {CONFIG_EXTENSION}: {e}"),
-    })?;
-    Ok(probe.config)
 }
 
 /// A service's routing before its methods are looked at.
@@ -242,9 +257,11 @@ enum Plan {
     Fixed(Route),
     /// A reply service: the dotted path of the requester's name.
     ReplyTo(String),
+    /// An o5 topic.
+    O5(options::O5Topic),
 }
 
-fn plan_of(service: &ServiceDescriptor, topology: Topology) -> Result<Plan, TopologyError> {
+fn plan_of(service: &ServiceDescriptor, messaging: Messaging) -> Result<Plan, TopologyError> {
     let name = service.full_name().to_owned();
     let checked = |what: &'static str, value: String| {
         if value.is_empty() || value.len() > AMQP_NAME_MAX {
@@ -257,16 +274,21 @@ fn plan_of(service: &ServiceDescriptor, topology: Topology) -> Result<Plan, Topo
             Ok(value)
         }
     };
-    match topology.kind {
-        Some(Kind::Broadcast(b)) => Ok(Plan::Fixed(Route::Broadcast {
-            topic: checked("broadcast.topic_name", b.topic_name)?,
+    let kind = match messaging {
+        Messaging::O5(topic) => return Ok(Plan::O5(topic)),
+        Messaging::Outbox(kind) => kind,
+    };
+    match kind {
+        OutboxKind::Broadcast { topic_name } => Ok(Plan::Fixed(Route::Broadcast {
+            topic: checked("broadcast.topic_name", topic_name)?,
         })),
-        Some(Kind::Unicast(u)) => Ok(Plan::Fixed(Route::Unicast {
-            worker: checked("unicast.worker_name", u.worker_name)?,
+        OutboxKind::Unicast { worker_name } => Ok(Plan::Fixed(Route::Unicast {
+            worker: checked("unicast.worker_name", worker_name)?,
         })),
-        Some(Kind::Reply(r)) if r.reply_to_field.is_empty() => Ok(Plan::ReplyTo("reply_to".into())),
-        Some(Kind::Reply(r)) => Ok(Plan::ReplyTo(r.reply_to_field)),
-        None => Err(TopologyError::NoKind { service: name }),
+        OutboxKind::Reply { reply_to_field } if reply_to_field.is_empty() => {
+            Ok(Plan::ReplyTo("reply_to".into()))
+        }
+        OutboxKind::Reply { reply_to_field } => Ok(Plan::ReplyTo(reply_to_field)),
     }
 }
 
@@ -340,15 +362,4 @@ fn read_path(message: &DynamicMessage, path: &[FieldDescriptor]) -> Option<Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn method_routes_use_slashes_inside_the_service_name() {
-        assert_eq!(
-            method_route("orders.v1.OrderEvents", "Created"),
-            "service.orders/v1/OrderEvents.Created"
-        );
-        assert_eq!(method_route("Flat", "M"), "service.Flat.M");
-    }
-}
+mod tests;
