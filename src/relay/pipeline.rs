@@ -78,8 +78,11 @@ impl Pipeline {
         self.relay.reset_channel();
     }
 
-    /// Whether any row is due, without claiming (while idle).
-    pub async fn has_due(&self) -> Result<bool, RelayError> {
+    /// Whether any row is due, without claiming (while idle). The channel
+    /// is (re)opened first, as before a claim: an idle relay keeps its broker
+    /// connection, and its health, current.
+    pub async fn has_due(&mut self) -> Result<bool, RelayError> {
+        self.relay.ensure_publisher().await?;
         Ok(self.relay.outbox.has_due().await?)
     }
 
