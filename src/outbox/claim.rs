@@ -71,6 +71,7 @@ impl Outbox {
             to_i64(limits.max_payload),
             to_i64(limits.batch_bytes),
         );
+        let from = self.cursor.start();
         let rows = client
             .query_typed(
                 &claim.statements.claim,
@@ -78,10 +79,21 @@ impl Outbox {
                     (&rows, Type::INT8),
                     (&max, Type::INT8),
                     (&bytes, Type::INT8),
+                    (&from, Type::INT8),
                 ],
             )
             .await?;
         claim.rows = rows.iter().map(Claimed::decode).collect::<Result<_, _>>()?;
+        let ids: Vec<i64> = claim.rows.iter().map(|c| c.id().0).collect();
+        let unloaded = claim
+            .rows
+            .iter()
+            .filter_map(|c| match c {
+                Claimed::Row(row) if row.payload.is_none() => Some(row.id.0),
+                _ => None,
+            })
+            .min();
+        self.cursor.advance(from, limits.rows, &ids, unloaded);
         Ok(claim)
     }
 }

@@ -13,6 +13,7 @@
 
 mod browse;
 mod claim;
+mod cursor;
 mod dead;
 mod error;
 mod ident;
@@ -24,6 +25,7 @@ mod sql;
 
 pub use browse::{BROWSE_TIMEOUT, Detail, Filter, Listed, Page, RowState};
 pub use claim::{Claim, ClaimLimits};
+use cursor::ClaimCursor;
 pub use dead::Change;
 pub use error::{StoreError, describe};
 
@@ -165,6 +167,8 @@ pub struct Outbox {
     schema: Identifier,
     sql: Arc<Statements>,
     opened: Option<ConnectionCount>,
+    /// Where the next claim starts (shared by the clones: one relay).
+    cursor: Arc<ClaimCursor>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -183,6 +187,7 @@ impl Outbox {
             schema,
             sql,
             opened: None,
+            cursor: Arc::new(ClaimCursor::default()),
         }
     }
 

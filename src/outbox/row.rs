@@ -54,6 +54,15 @@ pub enum Claimed {
     Defect(RowDefect),
 }
 
+impl Claimed {
+    pub fn id(&self) -> RowId {
+        match self {
+            Self::Row(row) => row.id,
+            Self::Defect(defect) => defect.id,
+        }
+    }
+}
+
 /// A claimed row that cannot be read; `error` names the column.
 #[derive(Debug, Clone)]
 pub struct RowDefect {

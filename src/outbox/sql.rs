@@ -16,7 +16,8 @@ use super::Identifier;
 /// NULL timestamp instead of a failed cast. Payloads are loaded only while
 /// they fit (invariant 10): `$2` is `--max-message-size`, `$3` the batch's
 /// byte budget; a row above `$3` is loaded alone later, and rows past the
-/// budget come without payload and stay pending for the next claim.
+/// budget come without payload and stay pending for the next claim. `$4` is
+/// where the claim starts (the relay's cursor, see `cursor.rs`; 0 rescans).
 /// `octet_length` reads a TOASTed payload's size without detoasting it.
 const CLAIM: &str = "SELECT id, message_id, exchange, routing_key,
        CASE WHEN len <= $2 AND len <= $3 AND budget <= $3 THEN payload END,
@@ -30,6 +31,7 @@ FROM (
                     THEN extract(epoch FROM created_at)::bigint END AS created_epoch
         FROM {table}
         WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()
+          AND id >= $4
         ORDER BY id
         LIMIT $1
         FOR UPDATE SKIP LOCKED

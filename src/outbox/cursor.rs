@@ -1,0 +1,114 @@
+//! Where the next claim starts: after the rows this relay claimed last,
+//! instead of at the lowest pending id.
+//!
+//! A claim walks the pending index in id order. Rows just marked sent stay
+//! in that index as dead entries until no snapshot can see them, and rows
+//! other workers hold are skipped one by one (`SKIP LOCKED`), so a claim
+//! from the lowest id re-reads all of them each time. Starting after the
+//! last claimed row skips both.
+//!
+//! Invariant: no due row is left behind for long. A row below the cursor
+//! (a retry whose backoff ended, a delayed message, a transaction that
+//! committed low ids late, rows another relay released) is found by the
+//! next rescan from the lowest id, which comes whenever a claim returns
+//! fewer rows than asked for (the end of the backlog) and at least every
+//! [`RESCAN_EVERY`].
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The longest a due row below the cursor waits for a rescan.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Shared by the workers of one relay (one [`super::Outbox`] and its clones).
+#[derive(Debug)]
+pub struct ClaimCursor(Mutex<State>);
+
+#[derive(Debug)]
+struct State {
+    /// The lowest id the next claim considers.
+    from: i64,
+    last_rescan: Instant,
+}
+
+impl Default for ClaimCursor {
+    fn default() -> Self {
+        Self(Mutex::new(State {
+            from: 0,
+            last_rescan: Instant::now(),
+        }))
+    }
+}
+
+impl ClaimCursor {
+    /// The lowest id for the next claim: 0 when a rescan is due.
+    pub fn start(&self) -> i64 {
+        let mut state = self.0.lock().expect("poisoned");
+        if state.last_rescan.elapsed() >= RESCAN_EVERY {
+            state.from = 0;
+        }
+        if state.from == 0 {
+            state.last_rescan = Instant::now();
+        }
+        state.from
+    }
+
+    /// After a claim from `from` that asked for `limit` rows: `ids` are the
+    /// rows it returned, `unloaded` the lowest of those whose payload it did
+    /// not load (they may be left pending for the next claim). A short claim
+    /// reached the end of the backlog: the next one rescans.
+    pub fn advance(&self, from: i64, limit: usize, ids: &[i64], unloaded: Option<i64>) {
+        let mut state = self.0.lock().expect("poisoned");
+        let Some(&last) = ids.iter().max() else {
+            state.from = 0;
+            return;
+        };
+        if ids.len() < limit {
+            state.from = 0;
+            return;
+        }
+        let next = unloaded.unwrap_or(last.saturating_add(1));
+        // Another worker may have moved it further meanwhile; a rescan
+        // (from 0) that started before keeps what came after it.
+        if state.from == from || next > state.from {
+            state.from = next.max(from);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_claim_moves_the_cursor_past_its_rows_and_a_short_one_rescans() {
+        let cursor = ClaimCursor::default();
+        assert_eq!(cursor.start(), 0);
+        cursor.advance(0, 3, &[4, 5, 9], None);
+        assert_eq!(cursor.start(), 10);
+        cursor.advance(10, 3, &[10, 11], None);
+        assert_eq!(cursor.start(), 0, "the end of the backlog: rescan");
+        cursor.advance(0, 2, &[], None);
+        assert_eq!(cursor.start(), 0);
+    }
+
+    #[test]
+    fn rows_left_unloaded_are_not_skipped() {
+        let cursor = ClaimCursor::default();
+        cursor.advance(0, 3, &[1, 2, 3], Some(2));
+        assert_eq!(cursor.start(), 2);
+    }
+
+    #[test]
+    fn a_worker_behind_another_does_not_move_the_cursor_back() {
+        let cursor = ClaimCursor::default();
+        cursor.advance(0, 2, &[1, 2], None);
+        cursor.advance(3, 2, &[3, 4], None);
+        // A claim that also started at 3 and got rows 5 and 6 (4 was held).
+        cursor.advance(3, 2, &[5, 6], None);
+        assert_eq!(cursor.start(), 7);
+        // A late one from 0 that got 1..2 again does not pull it back.
+        cursor.advance(0, 2, &[1, 2], None);
+        assert_eq!(cursor.start(), 7);
+    }
+}
