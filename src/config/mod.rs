@@ -210,7 +210,9 @@ pub struct RunArgs {
     /// Rows claimed (and published) per batch.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value = "500")]
     pub batch_size: NonZeroUsize,
-    /// Batches in flight at once, each with its own database connection and channel.
+    /// Workers, each with its own channel and up to two batches in flight
+    /// (one being marked while the next is published), each batch holding
+    /// its own database connection.
     #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]
     pub concurrency: NonZeroUsize,
     /// Longest idle wait between looks for due rows. After an empty claim a
@@ -253,7 +255,7 @@ pub struct RunArgs {
     /// Payload bytes one batch loads from the table, e.g. 4MiB. Rows past it
     /// wait for the next batch; a single row larger than this is loaded on
     /// its own, one at a time per relay. Memory for payloads is therefore
-    /// bounded by concurrency x this + --max-message-size, whatever the
+    /// bounded by 2 x concurrency x this + --max-message-size, whatever the
     /// table holds; a row above --max-message-size is never loaded.
     #[arg(long, env = "OUTBOX_BATCH_MAX_BYTES", default_value = "4MiB", value_parser = parse_size)]
     pub batch_max_bytes: usize,
