@@ -6,7 +6,9 @@
 //! (`deploy/local/services.sh`). Prints a table and one JSON line per
 //! scenario, and writes the table as Markdown to `target/bench/relay.md`.
 
+mod drains;
 mod ingress;
+mod procfs;
 mod report;
 mod scenarios;
 mod support;
@@ -74,7 +76,7 @@ async fn main() {
     for (i, kind) in opts.queues.iter().enumerate() {
         if opts.only.contains(&Group::Drain) {
             let queue = BenchQueue::declare(&channel, *kind).await;
-            drains(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
+            drains::run(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
             queue.delete(&channel).await;
         }
     }
@@ -97,191 +99,6 @@ fn opts_line(o: &Options) -> String {
         "messages {}, payload {} B, queues {:?}, steady {} s",
         o.messages, o.payload, o.queues, o.steady_secs
     )
-}
-
-/// Baseline, drains (mark, delete), cost, and on the first queue kind scale-out.
-async fn drains(
-    report: &mut Report,
-    conn: &lapin::Connection,
-    channel: &lapin::Channel,
-    queue: &BenchQueue,
-    opts: &Options,
-    scale_out: bool,
-) {
-    let (n, kind) = (opts.messages, queue.kind.name());
-    let backlog = scenarios::Backlog {
-        rows: n,
-        payload: opts.payload,
-        poison_every: None,
-        large: &[],
-    };
-    let window = scenarios::best_window(conn, queue, n, opts.payload).await;
-    for on_sent in ["mark", "delete"] {
-        let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
-        report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
-        let extra = ["--on-sent", on_sent];
-        let d = scenarios::drain(queue, channel, on_sent, backlog, 1, &extra).await;
-        report.add(
-            Row::new("drain", kind, format!("--on-sent {on_sent}"))
-                .rate(d.rate)
-                .ratio(d.rate / base, 0.90)
-                .dead_tuples(d.dead_tuples),
-        );
-        let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
-        let mib = d.cost.peak_rss_kib as f64 / 1024.0;
-        let case = |what: &str| format!("{what}, --on-sent {on_sent}");
-        report.add(Row::new("cost", kind, case("CPU per message")).value(us, "µs", 15.0));
-        report.add(Row::new("cost", kind, case("peak RSS")).value(mib, "MiB", 40.0));
-    }
-    if scale_out {
-        let mut one_relay = 0.0;
-        for relays in [1, 2, 4] {
-            let label = format!("scale_{relays}");
-            let d = scenarios::drain(queue, channel, &label, backlog, relays, &[]).await;
-            if relays == 1 {
-                one_relay = d.rate;
-            }
-            let min = if relays == 2 { 1.0 } else { 0.0 };
-            report.add(
-                Row::new("scale-out", kind, format!("{relays} relays vs 1"))
-                    .rate(d.rate)
-                    .ratio(d.rate / one_relay, min),
-            );
-        }
-        poison(report, channel, queue, backlog).await;
-        metrics_overhead(report, channel, queue, backlog).await;
-        large_rows(report, channel, queue).await;
-        if opts.tls {
-            tls(report, channel, queue, backlog).await;
-        }
-    }
-}
-
-/// Peak memory with payloads far above the batch budget in the table:
-/// two rows of 100 MiB (above --max-message-size, never loaded) and eight
-/// of 10 MiB (each loaded alone) among small rows.
-async fn large_rows(report: &mut Report, channel: &lapin::Channel, queue: &BenchQueue) {
-    let backlog = scenarios::Backlog {
-        rows: 1_000,
-        payload: 256,
-        poison_every: None,
-        large: &[(2, 100), (8, 10)],
-    };
-    let extra = ["--max-attempts", "1"];
-    let d = scenarios::drain(queue, channel, "large_rows", backlog, 1, &extra).await;
-    let mib = d.cost.peak_rss_kib as f64 / 1024.0;
-    report.add(
-        Row::new(
-            "memory",
-            queue.kind.name(),
-            "peak RSS, 2×100 MiB + 8×10 MiB rows".into(),
-        )
-        .value(mib, "MiB", 128.0),
-    );
-}
-
-/// The same drain in plaintext and over verified TLS to both services.
-async fn tls(
-    report: &mut Report,
-    channel: &lapin::Channel,
-    queue: &BenchQueue,
-    backlog: scenarios::Backlog,
-) {
-    const CA: &str = "/etc/outbox-relay-test/tls/ca.pem";
-    let plain_pg = "postgres://root@127.0.0.1:5432/test?sslmode=disable".to_owned();
-    let plain_mq = "amqp://guest:guest@localhost:5672/%2f".to_owned();
-    let tls_pg =
-        format!("postgres://root@localhost:5432/test?sslmode=verify-full&sslrootcert={CA}");
-    let tls_mq = format!("amqps://guest:guest@localhost:5671/%2f?cacertfile={CA}");
-    let mut rates = Vec::new();
-    for (label, pg, mq) in [
-        ("tls_off", &plain_pg, &plain_mq),
-        ("tls_on", &tls_pg, &tls_mq),
-    ] {
-        let extra = ["--database-url", pg.as_str(), "--amqp-url", mq.as_str()];
-        rates.push(
-            scenarios::drain(queue, channel, label, backlog, 1, &extra)
-                .await
-                .rate,
-        );
-    }
-    report.add(
-        Row::new("tls", queue.kind.name(), "TLS to both vs plaintext".into())
-            .rate(rates[1])
-            .ratio(rates[1] / rates[0], 0.80),
-    );
-}
-
-/// The drain with metrics recorded (the HTTP port on, the default) against
-/// the same drain recording none (`--http-addr none`), interleaved twice so
-/// that drift on the machine hits both alike.
-async fn metrics_overhead(
-    report: &mut Report,
-    channel: &lapin::Channel,
-    queue: &BenchQueue,
-    backlog: scenarios::Backlog,
-) {
-    let (mut on, mut off) = (0.0, 0.0);
-    for round in 0..2 {
-        let d = scenarios::drain(
-            queue,
-            channel,
-            &format!("metrics_off_{round}"),
-            backlog,
-            1,
-            &["--http-addr", "none"],
-        )
-        .await;
-        off += d.rate / 2.0;
-        let d = scenarios::drain(
-            queue,
-            channel,
-            &format!("metrics_on_{round}"),
-            backlog,
-            1,
-            &[],
-        )
-        .await;
-        on += d.rate / 2.0;
-    }
-    report.add(
-        Row::new(
-            "metrics",
-            queue.kind.name(),
-            "drain, metrics on vs off".into(),
-        )
-        .rate(on)
-        .ratio(on / off, 0.95),
-    );
-}
-
-/// Good rows' pace with 1% poison rows (headers that cannot be encoded,
-/// dead-lettered after 3 attempts) against the same drain without them.
-async fn poison(
-    report: &mut Report,
-    channel: &lapin::Channel,
-    queue: &BenchQueue,
-    backlog: scenarios::Backlog,
-) {
-    let extra = [
-        "--max-attempts",
-        "3",
-        "--backoff-base",
-        "10ms",
-        "--backoff-max",
-        "50ms",
-    ];
-    let clean = scenarios::drain(queue, channel, "poison_none", backlog, 1, &extra).await;
-    let poisoned = scenarios::Backlog {
-        poison_every: Some(100),
-        ..backlog
-    };
-    let mixed = scenarios::drain(queue, channel, "poison_1pct", poisoned, 1, &extra).await;
-    report.add(
-        Row::new("poison", queue.kind.name(), "1% poison rows vs none".into())
-            .rate(mixed.rate)
-            .ratio(mixed.rate / clean.rate, 0.90),
-    );
 }
 
 /// Steady rates, with and without the wake-up trigger.

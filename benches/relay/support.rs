@@ -1,6 +1,7 @@
 //! The benchmark's plumbing: services, schemas, queues, and the relay as a
 //! child process whose CPU time and peak memory are read from /proc.
 
+use crate::procfs;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -244,24 +245,11 @@ impl RelayProcess {
 
     /// User + system CPU time and peak RSS so far, from /proc.
     pub fn cost(&self) -> ProcessCost {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of the whole line, in clock ticks.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let peak_rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
+        let pid = self.child.id() as i32;
+        let stat = procfs::Stat::of(pid).expect("the relay is running");
         ProcessCost {
-            cpu: Duration::from_secs_f64(ticks as f64 / per_sec as f64),
-            peak_rss_kib,
+            cpu: procfs::ticks(stat.own_ticks),
+            peak_rss_kib: procfs::peak_rss_kib(pid),
         }
     }
 

@@ -1,0 +1,233 @@
+//! The drain group: the lapin baseline and the relay's drains (mark and
+//! delete) with their cost; then, on the first queue kind, scale-out,
+//! poison rows, metrics, memory with large rows, TLS.
+
+use crate::Options;
+use crate::report::{Report, Row};
+use crate::scenarios::{self, Drain};
+use crate::support::BenchQueue;
+
+/// Baseline, drains (mark, delete) and their cost; on the first queue kind
+/// (`first`) the rest of the group.
+pub async fn run(
+    report: &mut Report,
+    conn: &lapin::Connection,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    opts: &Options,
+    first: bool,
+) {
+    drains(report, conn, channel, queue, opts).await;
+    if !first {
+        return;
+    }
+    let backlog = scenarios::Backlog {
+        rows: opts.messages,
+        payload: opts.payload,
+        poison_every: None,
+        large: &[],
+    };
+    scale_out(report, channel, queue, backlog).await;
+    poison(report, channel, queue, backlog).await;
+    metrics_overhead(report, channel, queue, backlog).await;
+    large_rows(report, channel, queue).await;
+    if opts.tls {
+        tls(report, channel, queue, backlog).await;
+    }
+}
+
+/// For each of mark and delete, the baseline right before the drain it is
+/// compared with, the drain and its cost.
+async fn drains(
+    report: &mut Report,
+    conn: &lapin::Connection,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    opts: &Options,
+) {
+    let (n, kind) = (opts.messages, queue.kind.name());
+    let backlog = scenarios::Backlog {
+        rows: n,
+        payload: opts.payload,
+        poison_every: None,
+        large: &[],
+    };
+    let window = scenarios::best_window(conn, queue, n, opts.payload).await;
+    for on_sent in ["mark", "delete"] {
+        let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
+        report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
+        let extra = ["--on-sent", on_sent];
+        let d = scenarios::drain(queue, channel, on_sent, backlog, 1, &extra).await;
+        let case = format!("--on-sent {on_sent}");
+        report.add(
+            Row::new("drain", kind, case.clone())
+                .rate(d.rate)
+                .ratio(d.rate / base, 0.90)
+                .dead_tuples(d.dead_tuples),
+        );
+        cost(report, kind, &case, &d, n);
+    }
+}
+
+/// The relay's CPU per message and peak memory.
+fn cost(report: &mut Report, kind: &'static str, case: &str, d: &Drain, n: usize) {
+    let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
+    let mib = d.cost.peak_rss_kib as f64 / 1024.0;
+    let row = |what: &str| Row::new("cost", kind, format!("{what}, {case}"));
+    report.add(row("CPU per message").value(us, "µs", 15.0));
+    report.add(row("peak RSS").value(mib, "MiB", 40.0));
+}
+
+/// One relay, then two and four on the same backlog.
+async fn scale_out(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    let mut one_relay = 0.0;
+    for relays in [1, 2, 4] {
+        let label = format!("scale_{relays}");
+        let d = scenarios::drain(queue, channel, &label, backlog, relays, &[]).await;
+        if relays == 1 {
+            one_relay = d.rate;
+        }
+        let min = if relays == 2 { 1.0 } else { 0.0 };
+        report.add(
+            Row::new(
+                "scale-out",
+                queue.kind.name(),
+                format!("{relays} relays vs 1"),
+            )
+            .rate(d.rate)
+            .ratio(d.rate / one_relay, min),
+        );
+    }
+}
+
+/// Peak memory with payloads far above the batch budget in the table:
+/// two rows of 100 MiB (above --max-message-size, never loaded) and eight
+/// of 10 MiB (each loaded alone) among small rows.
+async fn large_rows(report: &mut Report, channel: &lapin::Channel, queue: &BenchQueue) {
+    let backlog = scenarios::Backlog {
+        rows: 1_000,
+        payload: 256,
+        poison_every: None,
+        large: &[(2, 100), (8, 10)],
+    };
+    let extra = ["--max-attempts", "1"];
+    let d = scenarios::drain(queue, channel, "large_rows", backlog, 1, &extra).await;
+    let mib = d.cost.peak_rss_kib as f64 / 1024.0;
+    report.add(
+        Row::new(
+            "memory",
+            queue.kind.name(),
+            "peak RSS, 2×100 MiB + 8×10 MiB rows".into(),
+        )
+        .value(mib, "MiB", 128.0),
+    );
+}
+
+/// The same drain in plaintext and over verified TLS to both services.
+async fn tls(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    const CA: &str = "/etc/outbox-relay-test/tls/ca.pem";
+    let plain_pg = "postgres://root@127.0.0.1:5432/test?sslmode=disable".to_owned();
+    let plain_mq = "amqp://guest:guest@localhost:5672/%2f".to_owned();
+    let tls_pg =
+        format!("postgres://root@localhost:5432/test?sslmode=verify-full&sslrootcert={CA}");
+    let tls_mq = format!("amqps://guest:guest@localhost:5671/%2f?cacertfile={CA}");
+    let mut rates = Vec::new();
+    for (label, pg, mq) in [
+        ("tls_off", &plain_pg, &plain_mq),
+        ("tls_on", &tls_pg, &tls_mq),
+    ] {
+        let extra = ["--database-url", pg.as_str(), "--amqp-url", mq.as_str()];
+        rates.push(
+            scenarios::drain(queue, channel, label, backlog, 1, &extra)
+                .await
+                .rate,
+        );
+    }
+    report.add(
+        Row::new("tls", queue.kind.name(), "TLS to both vs plaintext".into())
+            .rate(rates[1])
+            .ratio(rates[1] / rates[0], 0.80),
+    );
+}
+
+/// The drain with metrics recorded (the HTTP port on, the default) against
+/// the same drain recording none (`--http-addr none`), interleaved twice so
+/// that drift on the machine hits both alike.
+async fn metrics_overhead(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    let (mut on, mut off) = (0.0, 0.0);
+    for round in 0..2 {
+        let d = scenarios::drain(
+            queue,
+            channel,
+            &format!("metrics_off_{round}"),
+            backlog,
+            1,
+            &["--http-addr", "none"],
+        )
+        .await;
+        off += d.rate / 2.0;
+        let d = scenarios::drain(
+            queue,
+            channel,
+            &format!("metrics_on_{round}"),
+            backlog,
+            1,
+            &[],
+        )
+        .await;
+        on += d.rate / 2.0;
+    }
+    report.add(
+        Row::new(
+            "metrics",
+            queue.kind.name(),
+            "drain, metrics on vs off".into(),
+        )
+        .rate(on)
+        .ratio(on / off, 0.95),
+    );
+}
+
+/// Good rows' pace with 1% poison rows (headers that cannot be encoded,
+/// dead-lettered after 3 attempts) against the same drain without them.
+async fn poison(
+    report: &mut Report,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    backlog: scenarios::Backlog,
+) {
+    let extra = [
+        "--max-attempts",
+        "3",
+        "--backoff-base",
+        "10ms",
+        "--backoff-max",
+        "50ms",
+    ];
+    let clean = scenarios::drain(queue, channel, "poison_none", backlog, 1, &extra).await;
+    let poisoned = scenarios::Backlog {
+        poison_every: Some(100),
+        ..backlog
+    };
+    let mixed = scenarios::drain(queue, channel, "poison_1pct", poisoned, 1, &extra).await;
+    report.add(
+        Row::new("poison", queue.kind.name(), "1% poison rows vs none".into())
+            .rate(mixed.rate)
+            .ratio(mixed.rate / clean.rate, 0.90),
+    );
+}
