@@ -1,11 +1,13 @@
 //! The drain group: the lapin baseline and the relay's drains (mark and
-//! delete) with their cost; then, on the first queue kind, scale-out,
+//! delete) with their cost (relay and PostgreSQL) and statements; then, on the first queue kind, scale-out,
 //! poison rows, metrics, memory with large rows, TLS.
 
 use crate::Options;
 use crate::report::{Report, Row};
 use crate::scenarios::{self, Drain};
+use crate::statements;
 use crate::support::BenchQueue;
+use std::time::Duration;
 
 /// Baseline, drains (mark, delete) and their cost; on the first queue kind
 /// (`first`) the rest of the group.
@@ -37,7 +39,7 @@ pub async fn run(
 }
 
 /// For each of mark and delete, the baseline right before the drain it is
-/// compared with, the drain and its cost.
+/// compared with, the drain, its cost and its statements.
 async fn drains(
     report: &mut Report,
     conn: &lapin::Connection,
@@ -66,16 +68,32 @@ async fn drains(
                 .dead_tuples(d.dead_tuples),
         );
         cost(report, kind, &case, &d, n);
+        statements_section(report, &format!("drain, {kind}, {case}"), &d);
     }
 }
 
-/// The relay's CPU per message and peak memory.
+/// The relay's and PostgreSQL's CPU per message, their sum, and the
+/// relay's peak memory.
 fn cost(report: &mut Report, kind: &'static str, case: &str, d: &Drain, n: usize) {
-    let us = d.cost.cpu.as_secs_f64() * 1e6 / n as f64;
+    let per_message = |t: Duration| t.as_secs_f64() * 1e6 / n as f64;
+    let (relay, pg) = (per_message(d.cost.cpu), per_message(d.pg_cpu));
+    let backends = per_message(d.relay_backends_cpu);
     let mib = d.cost.peak_rss_kib as f64 / 1024.0;
     let row = |what: &str| Row::new("cost", kind, format!("{what}, {case}"));
-    report.add(row("CPU per message").value(us, "µs", 15.0));
+    report.add(row("relay CPU per message").value(relay, "µs", 15.0));
+    report.add(row("PostgreSQL CPU per message").measure(pg, "µs"));
+    report.add(row("PostgreSQL CPU per message, the relay's backends").measure(backends, "µs"));
+    report.add(row("relay + PostgreSQL per message").value(relay + pg, "µs", 25.0));
     report.add(row("peak RSS").value(mib, "MiB", 40.0));
+}
+
+/// The top statements of a drain as a section of the report.
+fn statements_section(report: &mut Report, what: &str, d: &Drain) {
+    let body = match &d.statements {
+        Some(s) => statements::markdown(s),
+        None => "pg_stat_statements is not available (deploy/local/services.sh loads it)\n".into(),
+    };
+    report.section(format!("Statements: {what}"), body);
 }
 
 /// One relay, then two and four on the same backlog.

@@ -11,6 +11,7 @@ mod ingress;
 mod procfs;
 mod report;
 mod scenarios;
+mod statements;
 mod support;
 
 use clap::Parser;
@@ -71,6 +72,9 @@ async fn main() {
         opts.producer_secs = opts.producer_secs.min(2.0);
     }
     let mut report = Report::new(&opts_line(&opts)).await;
+    if let Err(why) = statements::prepare(&support::pg().await).await {
+        report.note(why);
+    }
     let conn = support::amqp().await;
     let channel = conn.create_channel().await.unwrap();
     for (i, kind) in opts.queues.iter().enumerate() {

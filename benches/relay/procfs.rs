@@ -1,13 +1,17 @@
-//! What the benchmark reads from /proc: a process's CPU time
-//! (`/proc/<pid>/stat`) and its peak memory (`/proc/<pid>/status`).
+//! What the benchmark reads from /proc: each process's command name and CPU
+//! time (`/proc/<pid>/stat`) and peak memory (`/proc/<pid>/status`).
+//! Processes come and go while they are read: one that is gone is skipped.
 
 use std::time::Duration;
 
 /// The fields of `/proc/<pid>/stat` the benchmark uses.
 #[derive(Debug, Clone)]
 pub struct Stat {
+    pub comm: String,
     /// utime + stime, in clock ticks.
     pub own_ticks: u64,
+    /// cutime + cstime: children this process has waited for.
+    pub children_ticks: u64,
 }
 
 impl Stat {
@@ -19,15 +23,29 @@ impl Stat {
     /// The command name is parenthesised and may itself hold spaces or
     /// parentheses: the fields start after the last `)`.
     fn parse(line: &str) -> Option<Self> {
+        let open = line.find('(')?;
         let close = line.rfind(')')?;
-        // Fields 3.. of the line: state, ppid, ...; utime and stime are
-        // fields 14 and 15, i.e. 11 and 12 here.
+        let comm = line.get(open + 1..close)?.to_owned();
+        // Fields 3.. of the line: state, ppid, ...; utime, stime, cutime and
+        // cstime are fields 14-17, i.e. 11-14 here.
         let fields: Vec<&str> = line.get(close + 2..)?.split_whitespace().collect();
         let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
         Some(Self {
+            comm,
             own_ticks: num(11)? + num(12)?,
+            children_ticks: num(13)? + num(14)?,
         })
     }
+}
+
+/// Every process now running.
+pub fn processes() -> Vec<Stat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Stat::of)
+        .collect()
 }
 
 /// Clock ticks as time.
@@ -35,6 +53,19 @@ pub fn ticks(ticks: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Duration::from_secs_f64(ticks as f64 / per_sec)
+}
+
+/// CPU time of every PostgreSQL process, including the backends that have
+/// exited since they were started: the postmaster waits for each one, which
+/// adds its time to the postmaster's children's time.
+pub fn postgres_cpu() -> Duration {
+    ticks(
+        processes()
+            .iter()
+            .filter(|p| p.comm == "postgres")
+            .map(|p| p.own_ticks + p.children_ticks)
+            .sum(),
+    )
 }
 
 /// Peak resident memory of a process, from `/proc/<pid>/status`.

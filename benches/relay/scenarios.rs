@@ -2,6 +2,8 @@
 //! real `outbox-relay run` binary, scale-out, steady-rate latency and the
 //! wake-up trigger's cost to producers.
 
+use crate::procfs;
+use crate::statements::{self, Statement};
 use crate::support::{BenchQueue, ProcessCost, RelayProcess, Schema, pg};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -111,10 +113,21 @@ pub async fn baseline(
 }
 
 /// What one drain measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Drain {
     pub rate: f64,
+    /// The first relay's CPU and memory.
     pub cost: ProcessCost,
+    /// CPU of every PostgreSQL process from the relays' start until no row
+    /// was pending (the backends, and autovacuum, checkpointer and WAL
+    /// writer; also this benchmark's own polling, and any other client).
+    pub pg_cpu: Duration,
+    /// CPU of the relays' own backends over the drain (they connect as the
+    /// relays start): the part of `pg_cpu` that no other client adds to.
+    pub relay_backends_cpu: Duration,
+    /// The statements on the drain's table over the same span (without
+    /// pg_stat_statements: none).
+    pub statements: Option<Vec<Statement>>,
     pub dead_tuples: i64,
 }
 
@@ -151,13 +164,18 @@ pub async fn drain(
         .fill(&pg, n, payload, &queue.name, backlog.poison_every)
         .await;
     schema.fill_large(&pg, &queue.name, backlog.large).await;
+    statements::reset(&pg).await;
+    let pg_cpu_before = procfs::postgres_cpu();
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
         .collect();
     schema.wait_drained(&pg, DRAIN_DEADLINE).await;
     let rate = backlog.good() as f64 / started.elapsed().as_secs_f64();
+    let pg_cpu = procfs::postgres_cpu().saturating_sub(pg_cpu_before);
     let cost = children[0].cost();
+    let relay_backends_cpu = schema.relay_backends_cpu(&pg).await;
+    let statements = statements::top(&pg, &schema.name, 8).await;
     for child in children {
         child.stop();
     }
@@ -167,6 +185,9 @@ pub async fn drain(
     Drain {
         rate,
         cost,
+        pg_cpu,
+        relay_backends_cpu,
+        statements,
         dead_tuples,
     }
 }

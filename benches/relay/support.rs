@@ -15,6 +15,19 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
+/// The database URL for a relay, naming its connections after `app`
+/// (`application_name`, which the relay keeps when the URL sets it), so that
+/// its backends can be told from every other client of the server.
+pub fn relay_pg_url(app: &str) -> String {
+    let url = pg_url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={app}")
+    } else {
+        format!("{url} application_name={app}")
+    }
+}
+
 pub fn amqp_url() -> String {
     std::env::var("OUTBOX_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -127,8 +140,10 @@ impl Schema {
     /// `n` pending rows of `payload` bytes routed to `queue` (each with a
     /// content type and a one-entry header, as the baseline's messages);
     /// with `poison_every`, every such row instead has headers the relay
-    /// cannot encode (dead-lettered after --max-attempts). Then VACUUM
-    /// ANALYZE so the drain starts from a table in its steady shape.
+    /// cannot encode (dead-lettered after --max-attempts). One statement,
+    /// whatever `n` (a million rows take seconds). Then VACUUM ANALYZE so
+    /// the drain starts from a table in its steady shape, and a CHECKPOINT
+    /// so that it does not pay for writing out the fill.
     pub async fn fill(
         &self,
         pg: &tokio_postgres::Client,
@@ -149,9 +164,11 @@ impl Schema {
         pg.execute(&sql, &[&queue, &(payload as i32), &(n as i32), &every])
             .await
             .expect("fill the outbox");
+        // Two statements: VACUUM cannot run in a multi-statement string.
         pg.batch_execute(&format!("VACUUM ANALYZE {}", self.table()))
             .await
             .unwrap();
+        pg.batch_execute("CHECKPOINT").await.unwrap();
     }
 
     /// Adds `large` rows: (count, MiB) pairs of one-byte-repeated payloads.
@@ -218,6 +235,25 @@ impl Schema {
         .get(0)
     }
 
+    /// CPU of the PostgreSQL backends serving the relays on this schema
+    /// (named after it by [`relay_pg_url`]) since each one started.
+    pub async fn relay_backends_cpu(&self, pg: &tokio_postgres::Client) -> Duration {
+        let pids: Vec<i32> = pg
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&self.name],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        procfs::ticks(
+            pids.into_iter()
+                .filter_map(procfs::Stat::of)
+                .map(|s| s.own_ticks)
+                .sum(),
+        )
+    }
+
     pub async fn drop_schema(self, pg: &tokio_postgres::Client) {
         let _ = pg
             .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
@@ -243,7 +279,8 @@ impl RelayProcess {
         command
             .args(["run", "--schema", &schema.name, "--log-level", "warn"])
             .args(["--grpc-addr", "none"])
-            .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()]);
+            .args(["--database-url", &relay_pg_url(&schema.name)])
+            .args(["--amqp-url", &amqp_url()]);
         if !extra.contains(&"--http-addr") {
             // Several relays run side by side in some scenarios.
             command.args(["--http-addr", "127.0.0.1:0"]);
