@@ -1,25 +1,36 @@
 //! The drain group: the lapin baseline and the relay's drains (mark and
-//! delete) with their cost (relay and PostgreSQL) and statements; then, on the first queue kind, scale-out,
-//! poison rows, metrics, memory with large rows, TLS.
+//! delete) with their cost, pinned (`--pin`) and not; then, on the first
+//! queue kind, scale-out, poison rows, metrics, memory with large rows, TLS.
 
 use crate::Options;
+use crate::affinity::{Pinned, Pinner};
 use crate::report::{Report, Row};
 use crate::scenarios::{self, Drain};
 use crate::statements;
 use crate::support::BenchQueue;
 use std::time::Duration;
 
-/// Baseline, drains (mark, delete) and their cost; on the first queue kind
-/// (`first`) the rest of the group.
+/// Baseline, drains (mark, delete) and their cost, pinned when a pinner is
+/// given and then unpinned; on the first queue kind (`first`) the rest of
+/// the group.
 pub async fn run(
     report: &mut Report,
     conn: &lapin::Connection,
     channel: &lapin::Channel,
     queue: &BenchQueue,
     opts: &Options,
+    pinner: Option<&Pinner>,
     first: bool,
 ) {
-    drains(report, conn, channel, queue, opts).await;
+    if let Some(pinned) = pin(report, pinner, "the pinned drains") {
+        assert!(
+            !opts.panic_while_pinned,
+            "--panic-while-pinned: the masks must be restored as this unwinds"
+        );
+        drains(report, conn, channel, queue, opts, true).await;
+        drop(pinned);
+    }
+    drains(report, conn, channel, queue, opts, false).await;
     if !first {
         return;
     }
@@ -38,6 +49,27 @@ pub async fn run(
     }
 }
 
+/// Pins for as long as the result lives; a failure is noted in the report
+/// and the run goes on unpinned.
+fn pin(report: &mut Report, pinner: Option<&Pinner>, what: &str) -> Option<Pinned> {
+    match pinner?.pin() {
+        Ok(pinned) => Some(pinned),
+        Err(e) => {
+            report.note(format!("{what} were skipped: cannot pin ({e})"));
+            None
+        }
+    }
+}
+
+/// A row group's name: `drain (pinned)` or `drain`.
+fn group(name: &str, pinned: bool) -> String {
+    if pinned {
+        format!("{name} (pinned)")
+    } else {
+        name.to_owned()
+    }
+}
+
 /// For each of mark and delete, the baseline right before the drain it is
 /// compared with, the drain, its cost and its statements.
 async fn drains(
@@ -46,6 +78,7 @@ async fn drains(
     channel: &lapin::Channel,
     queue: &BenchQueue,
     opts: &Options,
+    pinned: bool,
 ) {
     let (n, kind) = (opts.messages, queue.kind.name());
     let backlog = scenarios::Backlog {
@@ -57,29 +90,45 @@ async fn drains(
     let window = scenarios::best_window(conn, queue, n, opts.payload).await;
     for on_sent in ["mark", "delete"] {
         let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
-        report.add(Row::new("baseline", kind, format!("lapin, window {window}")).rate(base));
+        report.add(
+            Row::new(
+                group("baseline", pinned),
+                kind,
+                format!("lapin, window {window}"),
+            )
+            .rate(base),
+        );
         let extra = ["--on-sent", on_sent];
-        let d = scenarios::drain(queue, channel, on_sent, backlog, 1, &extra).await;
+        let label = if pinned {
+            format!("{on_sent}_pinned")
+        } else {
+            on_sent.to_owned()
+        };
+        let d = scenarios::drain(queue, channel, &label, backlog, 1, &extra).await;
         let case = format!("--on-sent {on_sent}");
         report.add(
-            Row::new("drain", kind, case.clone())
+            Row::new(group("drain", pinned), kind, case.clone())
                 .rate(d.rate)
                 .ratio(d.rate / base, 0.90)
                 .dead_tuples(d.dead_tuples),
         );
-        cost(report, kind, &case, &d, n);
-        statements_section(report, &format!("drain, {kind}, {case}"), &d);
+        cost(report, &group("cost", pinned), kind, &case, &d, n);
+        statements_section(
+            report,
+            &format!("{}, {kind}, {case}", group("drain", pinned)),
+            &d,
+        );
     }
 }
 
 /// The relay's and PostgreSQL's CPU per message, their sum, and the
 /// relay's peak memory.
-fn cost(report: &mut Report, kind: &'static str, case: &str, d: &Drain, n: usize) {
+fn cost(report: &mut Report, group: &str, kind: &'static str, case: &str, d: &Drain, n: usize) {
     let per_message = |t: Duration| t.as_secs_f64() * 1e6 / n as f64;
     let (relay, pg) = (per_message(d.cost.cpu), per_message(d.pg_cpu));
     let backends = per_message(d.relay_backends_cpu);
     let mib = d.cost.peak_rss_kib as f64 / 1024.0;
-    let row = |what: &str| Row::new("cost", kind, format!("{what}, {case}"));
+    let row = |what: &str| Row::new(group, kind, format!("{what}, {case}"));
     report.add(row("relay CPU per message").value(relay, "µs", 15.0));
     report.add(row("PostgreSQL CPU per message").measure(pg, "µs"));
     report.add(row("PostgreSQL CPU per message, the relay's backends").measure(backends, "µs"));

@@ -6,6 +6,7 @@
 //! (`deploy/local/services.sh`). Prints a table and one JSON line per
 //! scenario, and writes the table as Markdown to `target/bench/relay.md`.
 
+mod affinity;
 mod drains;
 mod ingress;
 mod procfs;
@@ -14,7 +15,8 @@ mod scenarios;
 mod statements;
 mod support;
 
-use clap::Parser;
+use affinity::{PinMode, Pinner};
+use clap::{Parser, ValueEnum};
 use report::{Report, Row};
 use support::{BenchQueue, QueueKind};
 
@@ -40,6 +42,15 @@ struct Options {
     /// scale-out), steady, producer, ingress (gRPC Publish vs direct inserts).
     #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress"])]
     only: Vec<Group>,
+    /// Pin RabbitMQ to CPU 0 and PostgreSQL, this process and the relays to
+    /// the other CPUs for the baseline and drain rows, which are then
+    /// measured both pinned and not: as if the broker had its own machine.
+    /// Every mask is restored afterwards.
+    #[arg(long, value_enum, default_value = "on")]
+    pin: PinMode,
+    /// Panics once pinned, for checking that the masks are restored.
+    #[arg(long, hide = true)]
+    panic_while_pinned: bool,
     /// Also drain over TLS to both services (verify-full, amqps; the test PKI
     /// of deploy/local/tls.sh) against the same drain in plaintext.
     #[arg(long)]
@@ -72,15 +83,29 @@ async fn main() {
         opts.producer_secs = opts.producer_secs.min(2.0);
     }
     let mut report = Report::new(&opts_line(&opts)).await;
-    if let Err(why) = statements::prepare(&support::pg().await).await {
+    let pinner = match Pinner::new(opts.pin) {
+        Ok(pinner) => {
+            report.note(pinner.describe());
+            Some(pinner)
+        }
+        Err(why) => {
+            report.note(format!("unpinned: {why}"));
+            None
+        }
+    };
+    let pg = support::pg().await;
+    support::drop_stale_schemas(&pg).await;
+    if let Err(why) = statements::prepare(&pg).await {
         report.note(why);
     }
+    drop(pg);
     let conn = support::amqp().await;
     let channel = conn.create_channel().await.unwrap();
     for (i, kind) in opts.queues.iter().enumerate() {
         if opts.only.contains(&Group::Drain) {
             let queue = BenchQueue::declare(&channel, *kind).await;
-            drains::run(&mut report, &conn, &channel, &queue, &opts, i == 0).await;
+            let p = pinner.as_ref();
+            drains::run(&mut report, &conn, &channel, &queue, &opts, p, i == 0).await;
             queue.delete(&channel).await;
         }
     }
@@ -100,8 +125,14 @@ async fn main() {
 
 fn opts_line(o: &Options) -> String {
     format!(
-        "messages {}, payload {} B, queues {:?}, steady {} s",
-        o.messages, o.payload, o.queues, o.steady_secs
+        "messages {}, payload {} B, queues {:?}, steady {} s, --pin {}",
+        o.messages,
+        o.payload,
+        o.queues,
+        o.steady_secs,
+        o.pin
+            .to_possible_value()
+            .map_or("?".into(), |v| v.get_name().to_owned())
     )
 }
 

@@ -1,5 +1,5 @@
-//! What the benchmark reads from /proc: each process's command name and CPU
-//! time (`/proc/<pid>/stat`) and peak memory (`/proc/<pid>/status`).
+//! What the benchmark reads from /proc: each process's parent, command name
+//! and CPU time (`/proc/<pid>/stat`), and its threads (`/proc/<pid>/task`).
 //! Processes come and go while they are read: one that is gone is skipped.
 
 use std::time::Duration;
@@ -7,6 +7,8 @@ use std::time::Duration;
 /// The fields of `/proc/<pid>/stat` the benchmark uses.
 #[derive(Debug, Clone)]
 pub struct Stat {
+    pub pid: i32,
+    pub ppid: i32,
     pub comm: String,
     /// utime + stime, in clock ticks.
     pub own_ticks: u64,
@@ -17,12 +19,12 @@ pub struct Stat {
 impl Stat {
     pub fn of(pid: i32) -> Option<Self> {
         let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Self::parse(&line)
+        Self::parse(pid, &line)
     }
 
     /// The command name is parenthesised and may itself hold spaces or
     /// parentheses: the fields start after the last `)`.
-    fn parse(line: &str) -> Option<Self> {
+    fn parse(pid: i32, line: &str) -> Option<Self> {
         let open = line.find('(')?;
         let close = line.rfind(')')?;
         let comm = line.get(open + 1..close)?.to_owned();
@@ -31,6 +33,8 @@ impl Stat {
         let fields: Vec<&str> = line.get(close + 2..)?.split_whitespace().collect();
         let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
         Some(Self {
+            pid,
+            ppid: fields.get(1)?.parse().ok()?,
             comm,
             own_ticks: num(11)? + num(12)?,
             children_ticks: num(13)? + num(14)?,
@@ -46,6 +50,31 @@ pub fn processes() -> Vec<Stat> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(Stat::of)
         .collect()
+}
+
+/// The thread ids of a process (empty when it is gone).
+pub fn threads(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// `roots` and every process below them, each parent before its children.
+pub fn trees(roots: &[i32], all: &[Stat]) -> Vec<i32> {
+    let mut found: Vec<i32> = roots.to_vec();
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        for p in all {
+            if p.ppid == parent && !found.contains(&p.pid) {
+                found.push(p.pid);
+            }
+        }
+        next += 1;
+    }
+    found
 }
 
 /// Clock ticks as time.

@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// One measured line of the report.
 pub struct Row {
-    scenario: &'static str,
+    scenario: String,
     queue: &'static str,
     label: String,
     rate: Option<f64>,
@@ -23,9 +23,9 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(scenario: &'static str, queue: &'static str, label: String) -> Self {
+    pub fn new(scenario: impl Into<String>, queue: &'static str, label: String) -> Self {
         Self {
-            scenario,
+            scenario: scenario.into(),
             queue,
             label,
             rate: None,

@@ -5,6 +5,7 @@ use crate::procfs;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -261,6 +262,30 @@ impl Schema {
     }
 }
 
+/// Drops the schemas of benchmark runs that are no longer running (an
+/// interrupted run leaves its table behind, a whole backlog): those
+/// named `bench_..._<pid>` whose process is gone.
+pub async fn drop_stale_schemas(pg: &tokio_postgres::Client) {
+    let Ok(rows) = pg
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname ~ '^bench_.*_[0-9]+$'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.rsplit('_').next().unwrap_or_default();
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = pg
+                .batch_execute(&format!("DROP SCHEMA \"{name}\" CASCADE"))
+                .await;
+        }
+    }
+}
+
 /// `outbox-relay run` as a child process.
 pub struct RelayProcess {
     child: Child,
@@ -284,6 +309,15 @@ impl RelayProcess {
         if !extra.contains(&"--http-addr") {
             // Several relays run side by side in some scenarios.
             command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        // The relays end with the benchmark, however it ends (an interrupted
+        // run must not leave them draining into the next one).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
         }
         let child = command
             .args(extra)
