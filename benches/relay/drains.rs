@@ -1,6 +1,7 @@
 //! The drain group: the lapin baseline and the relay's drains (mark and
 //! delete) with their cost, pinned (`--pin`) and not; then, on the first
-//! queue kind, scale-out, poison rows, metrics, memory with large rows, TLS.
+//! queue kind, scale-out, poison rows, metrics, memory with large rows, TLS;
+//! and the large backlog (a million rows against 100,000).
 
 use crate::Options;
 use crate::affinity::{Pinned, Pinner};
@@ -170,6 +171,52 @@ async fn scale_out(
             .ratio(d.rate / one_relay, min),
         );
     }
+}
+
+/// A drain of a million rows against one of 100,000: claiming and marking
+/// must not slow down as the table grows. Pinned when a pinner is given.
+/// A consumer empties the queue meanwhile, so that the broker holds few
+/// messages in both drains and the ratio is the table's size alone.
+pub async fn large_backlog(
+    report: &mut Report,
+    conn: &lapin::Connection,
+    channel: &lapin::Channel,
+    queue: &BenchQueue,
+    payload: usize,
+    pinner: Option<&Pinner>,
+) {
+    let pinned = pin(report, pinner, "the pinned backlog drains");
+    let (name, kind) = (group("backlog", pinned.is_some()), queue.kind.name());
+    let mut rates = Vec::new();
+    for rows in [100_000, 1_000_000] {
+        let backlog = scenarios::Backlog {
+            rows,
+            payload,
+            poison_every: None,
+            large: &[],
+        };
+        let consuming = conn.create_channel().await.unwrap();
+        let consumer = tokio::spawn(scenarios::discard(consuming.clone(), queue.name.clone()));
+        let d = scenarios::drain(queue, channel, &format!("backlog_{rows}"), backlog, 1, &[]).await;
+        let _ = consuming.close(200, "done".into()).await;
+        consumer.abort();
+        report.add(
+            Row::new(
+                name.clone(),
+                kind,
+                format!("fill {rows} rows, one INSERT … SELECT"),
+            )
+            .measure(d.fill.as_secs_f64(), "s"),
+        );
+        statements_section(report, &format!("{name}, {kind}, {rows}-row drain"), &d);
+        rates.push(d.rate);
+    }
+    report.add(Row::new(name.clone(), kind, "100k-row drain".into()).rate(rates[0]));
+    report.add(
+        Row::new(name, kind, "1M-row drain vs 100k".into())
+            .rate(rates[1])
+            .ratio(rates[1] / rates[0], 0.90),
+    );
 }
 
 /// Peak memory with payloads far above the batch budget in the table:

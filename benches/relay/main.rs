@@ -39,7 +39,9 @@ struct Options {
     #[arg(long, default_value = "5")]
     producer_secs: f64,
     /// Scenario groups to run (repeatable): drain (baseline, drains, cost,
-    /// scale-out), steady, producer, ingress (gRPC Publish vs direct inserts).
+    /// scale-out; and large-backlog unless --quick), large-backlog (1M rows
+    /// vs 100k, full size even with --quick), steady, producer, ingress
+    /// (gRPC Publish vs direct inserts).
     #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress"])]
     only: Vec<Group>,
     /// Pin RabbitMQ to CPU 0 and PostgreSQL, this process and the relays to
@@ -69,6 +71,7 @@ struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Group {
     Drain,
+    LargeBacklog,
     Steady,
     Producer,
     Ingress,
@@ -101,13 +104,23 @@ async fn main() {
     drop(pg);
     let conn = support::amqp().await;
     let channel = conn.create_channel().await.unwrap();
+    let drain = opts.only.contains(&Group::Drain);
     for (i, kind) in opts.queues.iter().enumerate() {
-        if opts.only.contains(&Group::Drain) {
-            let queue = BenchQueue::declare(&channel, *kind).await;
+        let backlog =
+            i == 0 && (opts.only.contains(&Group::LargeBacklog) || (drain && !opts.quick));
+        if !(drain || backlog) {
+            continue;
+        }
+        let queue = BenchQueue::declare(&channel, *kind).await;
+        if drain {
             let p = pinner.as_ref();
             drains::run(&mut report, &conn, &channel, &queue, &opts, p, i == 0).await;
-            queue.delete(&channel).await;
         }
+        if backlog {
+            let p = pinner.as_ref();
+            drains::large_backlog(&mut report, &conn, &channel, &queue, opts.payload, p).await;
+        }
+        queue.delete(&channel).await;
     }
     let queue = BenchQueue::declare(&channel, QueueKind::Classic).await;
     if opts.only.contains(&Group::Steady) {

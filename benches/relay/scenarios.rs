@@ -17,6 +17,12 @@ use tokio::sync::Mutex;
 
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 
+/// How long a drain of `rows` may take: [`DRAIN_DEADLINE`], or 1,000 rows a
+/// second for larger backlogs.
+pub fn drain_deadline(rows: usize) -> Duration {
+    DRAIN_DEADLINE.max(Duration::from_secs(rows as u64 / 1_000))
+}
+
 /// Plain lapin: `n` persistent, mandatory messages with confirms, keeping
 /// `window` publishes in flight on one channel. Returns msgs/s.
 pub async fn lapin_publish(
@@ -55,6 +61,26 @@ pub async fn lapin_publish(
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let _ = channel.close(200, "done".into()).await;
     rate
+}
+
+/// Consumes and drops everything that arrives on `queue` (no acks), until
+/// the channel closes.
+pub async fn discard(channel: lapin::Channel, queue: String) {
+    let Ok(mut consumer) = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-discard".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(_)) = consumer.next().await {}
 }
 
 /// The properties the relay sends for a row of [`Schema::fill`]: the
@@ -116,6 +142,8 @@ pub async fn baseline(
 #[derive(Debug, Clone)]
 pub struct Drain {
     pub rate: f64,
+    /// How long filling the table took (the insert, VACUUM ANALYZE, CHECKPOINT).
+    pub fill: Duration,
     /// The first relay's CPU and memory.
     pub cost: ProcessCost,
     /// CPU of every PostgreSQL process from the relays' start until no row
@@ -160,17 +188,19 @@ pub async fn drain(
     let pg = pg().await;
     let schema = Schema::create(label, false).await;
     let (n, payload) = (backlog.rows, backlog.payload);
+    let filling = Instant::now();
     schema
         .fill(&pg, n, payload, &queue.name, backlog.poison_every)
         .await;
     schema.fill_large(&pg, &queue.name, backlog.large).await;
+    let fill = filling.elapsed();
     statements::reset(&pg).await;
     let pg_cpu_before = procfs::postgres_cpu();
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
         .collect();
-    schema.wait_drained(&pg, DRAIN_DEADLINE).await;
+    schema.wait_drained(&pg, drain_deadline(n)).await;
     let rate = backlog.good() as f64 / started.elapsed().as_secs_f64();
     let pg_cpu = procfs::postgres_cpu().saturating_sub(pg_cpu_before);
     let cost = children[0].cost();
@@ -184,6 +214,7 @@ pub async fn drain(
     queue.purge(channel).await;
     Drain {
         rate,
+        fill,
         cost,
         pg_cpu,
         relay_backends_cpu,
