@@ -153,6 +153,8 @@ pub enum PinError {
     },
     #[error("the benchmark is being interrupted")]
     Exiting,
+    #[error("already pinned (one guard at a time: a second would save pinned masks)")]
+    AlreadyPinned,
 }
 
 impl fmt::Debug for CpuMask {
@@ -210,6 +212,9 @@ impl Pinner {
         if saved.exiting {
             return Err(PinError::Exiting);
         }
+        if !saved.roots.is_empty() {
+            return Err(PinError::AlreadyPinned);
+        }
         let all = procfs::processes();
         let brokers = roots(&all, |p| p.comm == "beam.smp");
         let postmasters = roots(&all, |p| p.comm == "postgres");
@@ -265,28 +270,42 @@ fn roots(all: &[Stat], is: impl Fn(&Stat) -> bool) -> Vec<i32> {
         .collect()
 }
 
-/// Pins every thread of `root` and of the processes below it, the root
-/// first (so that what it starts meanwhile inherits the new mask), saving
-/// each thread's mask before changing it.
+/// Pins every thread of `root` and of the processes below it, saving each
+/// thread's mask before changing it. The root's threads go first, and the
+/// processes below are listed only then: whatever the root starts from then
+/// on inherits the new mask, so no backend forked meanwhile is missed.
 fn pin_tree(root: i32, mask: CpuMask, saved: &mut Saved) -> Result<(), PinError> {
     let Ok(root_mask) = CpuMask::get(root) else {
         return Ok(()); // gone
     };
     saved.roots.push((root, root_mask, HashMap::new()));
     let threads = &mut saved.roots.last_mut().expect("just pushed").2;
-    for pid in procfs::trees(&[root], &procfs::processes()) {
-        for tid in procfs::threads(pid) {
-            let Ok(before) = CpuMask::get(tid) else {
-                continue; // gone
-            };
-            threads.insert(tid, before);
-            match mask.set(tid) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(source) => {
-                    let comm = Stat::of(pid).map_or_else(|| "?".into(), |s| s.comm);
-                    return Err(PinError::Denied { comm, pid, source });
-                }
+    pin_threads(root, mask, threads)?;
+    for pid in procfs::trees(&[root], &procfs::processes())
+        .into_iter()
+        .skip(1)
+    {
+        pin_threads(pid, mask, threads)?;
+    }
+    Ok(())
+}
+
+fn pin_threads(
+    pid: i32,
+    mask: CpuMask,
+    threads: &mut HashMap<i32, CpuMask>,
+) -> Result<(), PinError> {
+    for tid in procfs::threads(pid) {
+        let Ok(before) = CpuMask::get(tid) else {
+            continue; // gone
+        };
+        threads.entry(tid).or_insert(before);
+        match mask.set(tid) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(source) => {
+                let comm = Stat::of(pid).map_or_else(|| "?".into(), |s| s.comm);
+                return Err(PinError::Denied { comm, pid, source });
             }
         }
     }
