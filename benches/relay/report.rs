@@ -168,8 +168,15 @@ impl Report {
             .await
             .unwrap()
             .get(0);
+        // A large backlog outgrows a small buffer cache: the backlog row
+        // reads differently with 128 MB (Debian's default) than with GBs.
+        let shared_buffers: String = pg
+            .query_one("SHOW shared_buffers", &[])
+            .await
+            .unwrap()
+            .get(0);
         let header = format!(
-            "{} · {} cores · {} · PostgreSQL {} · RabbitMQ {} · commit {} · {}",
+            "{} · {} cores · {} · PostgreSQL {} (shared_buffers {shared_buffers}) · RabbitMQ {} · commit {} · {}",
             shell("date -u +%Y-%m-%d"),
             shell("nproc"),
             shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
