@@ -7,14 +7,14 @@ use std::process::Command;
 
 /// One measured line of the report.
 pub struct Row {
-    scenario: &'static str,
+    scenario: String,
     queue: &'static str,
     label: String,
     rate: Option<f64>,
     /// Ratio and its minimum (0: informational).
     ratio: Option<(f64, f64)>,
-    /// A value, its unit and its maximum.
-    value: Option<(f64, &'static str, f64)>,
+    /// A value, its unit and its maximum (none: informational).
+    value: Option<(f64, &'static str, Option<f64>)>,
     latency: Option<(Latency, Latency)>,
     /// What the two latencies measure.
     latency_names: (&'static str, &'static str),
@@ -23,9 +23,9 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(scenario: &'static str, queue: &'static str, label: String) -> Self {
+    pub fn new(scenario: impl Into<String>, queue: &'static str, label: String) -> Self {
         Self {
-            scenario,
+            scenario: scenario.into(),
             queue,
             label,
             rate: None,
@@ -50,7 +50,13 @@ impl Row {
 
     /// A value with an upper bound.
     pub fn value(mut self, value: f64, unit: &'static str, max: f64) -> Self {
-        self.value = Some((value, unit, max));
+        self.value = Some((value, unit, Some(max)));
+        self
+    }
+
+    /// A value without a target.
+    pub fn measure(mut self, value: f64, unit: &'static str) -> Self {
+        self.value = Some((value, unit, None));
         self
     }
 
@@ -86,7 +92,7 @@ impl Row {
             self.ratio
                 .filter(|(_, min)| *min > 0.0)
                 .map(|(r, min)| r >= min),
-            self.value.map(|(v, _, max)| v <= max),
+            self.value.and_then(|(v, _, max)| max.map(|max| v <= max)),
             self.p99_max
                 .zip(self.latency)
                 .map(|(max, (ack, _))| ack.p99 <= max),
@@ -98,7 +104,7 @@ impl Row {
         if let Some((_, min)) = self.ratio.filter(|(_, min)| *min > 0.0) {
             return format!("ratio ≥ {min:.2}");
         }
-        if let Some((_, unit, max)) = self.value {
+        if let Some((_, unit, Some(max))) = self.value {
             return format!("≤ {max} {unit}");
         }
         self.p99_max
@@ -147,7 +153,11 @@ impl Row {
 /// The whole run.
 pub struct Report {
     header: String,
+    /// Lines under the header: how the run was set up, what it could not do.
+    notes: Vec<String>,
     rows: Vec<Row>,
+    /// Markdown sections after the table: (title, body).
+    sections: Vec<(String, String)>,
 }
 
 impl Report {
@@ -158,8 +168,15 @@ impl Report {
             .await
             .unwrap()
             .get(0);
+        // A large backlog outgrows a small buffer cache: the backlog row
+        // reads differently with 128 MB (Debian's default) than with GBs.
+        let shared_buffers: String = pg
+            .query_one("SHOW shared_buffers", &[])
+            .await
+            .unwrap()
+            .get(0);
         let header = format!(
-            "{} · {} cores · {} · PostgreSQL {} · RabbitMQ {} · commit {} · {}",
+            "{} · {} cores · {} · PostgreSQL {} (shared_buffers {shared_buffers}) · RabbitMQ {} · commit {} · {}",
             shell("date -u +%Y-%m-%d"),
             shell("nproc"),
             shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
@@ -171,7 +188,9 @@ impl Report {
         println!("# outbox-relay benchmark: {header}");
         Self {
             header,
+            notes: Vec::new(),
             rows: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -180,10 +199,25 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// A line under the header (and on stdout now).
+    pub fn note(&mut self, note: String) {
+        println!("# {note}");
+        self.notes.push(note);
+    }
+
+    /// A section after the table (and on stdout now).
+    pub fn section(&mut self, title: String, body: String) {
+        println!("\n## {title}\n\n{body}");
+        self.sections.push((title, body));
+    }
+
     pub fn finish(self, out: &std::path::Path) {
-        let mut md = format!(
-            "{}\n\n| scenario | queue | case | result | target | met |\n|---|---|---|---|---|---|\n",
-            self.header
+        let mut md = self.header.clone();
+        for note in &self.notes {
+            md.push_str(&format!("\n\n{note}"));
+        }
+        md.push_str(
+            "\n\n| scenario | queue | case | result | target | met |\n|---|---|---|---|---|---|\n",
         );
         for r in &self.rows {
             let met = match r.met() {
@@ -200,6 +234,9 @@ impl Report {
                 r.target(),
                 met
             ));
+        }
+        for (title, body) in &self.sections {
+            md.push_str(&format!("\n## {title}\n\n{body}"));
         }
         println!("\n{md}");
         if let Some(dir) = out.parent() {

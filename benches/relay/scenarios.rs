@@ -2,6 +2,8 @@
 //! real `outbox-relay run` binary, scale-out, steady-rate latency and the
 //! wake-up trigger's cost to producers.
 
+use crate::procfs;
+use crate::statements::{self, Statement};
 use crate::support::{BenchQueue, ProcessCost, RelayProcess, Schema, pg};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -14,6 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long a drain of `rows` may take: [`DRAIN_DEADLINE`], or 1,000 rows a
+/// second for larger backlogs.
+pub fn drain_deadline(rows: usize) -> Duration {
+    DRAIN_DEADLINE.max(Duration::from_secs(rows as u64 / 1_000))
+}
 
 /// Plain lapin: `n` persistent, mandatory messages with confirms, keeping
 /// `window` publishes in flight on one channel. Returns msgs/s.
@@ -53,6 +61,26 @@ pub async fn lapin_publish(
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let _ = channel.close(200, "done".into()).await;
     rate
+}
+
+/// Consumes and drops everything that arrives on `queue` (no acks), until
+/// the channel closes.
+pub async fn discard(channel: lapin::Channel, queue: String) {
+    let Ok(mut consumer) = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-discard".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(_)) = consumer.next().await {}
 }
 
 /// The properties the relay sends for a row of [`Schema::fill`]: the
@@ -111,10 +139,23 @@ pub async fn baseline(
 }
 
 /// What one drain measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Drain {
     pub rate: f64,
+    /// How long filling the table took (the insert, VACUUM ANALYZE, CHECKPOINT).
+    pub fill: Duration,
+    /// The first relay's CPU and memory.
     pub cost: ProcessCost,
+    /// CPU of every PostgreSQL process from the relays' start until no row
+    /// was pending (the backends, and autovacuum, checkpointer and WAL
+    /// writer; also this benchmark's own polling, and any other client).
+    pub pg_cpu: Duration,
+    /// CPU of the relays' own backends over the drain (they connect as the
+    /// relays start): the part of `pg_cpu` that no other client adds to.
+    pub relay_backends_cpu: Duration,
+    /// The statements on the drain's table over the same span (without
+    /// pg_stat_statements: none).
+    pub statements: Option<Vec<Statement>>,
     pub dead_tuples: i64,
 }
 
@@ -147,17 +188,24 @@ pub async fn drain(
     let pg = pg().await;
     let schema = Schema::create(label, false).await;
     let (n, payload) = (backlog.rows, backlog.payload);
+    let filling = Instant::now();
     schema
         .fill(&pg, n, payload, &queue.name, backlog.poison_every)
         .await;
     schema.fill_large(&pg, &queue.name, backlog.large).await;
+    let fill = filling.elapsed();
+    statements::reset(&pg).await;
+    let pg_cpu_before = procfs::postgres_cpu();
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
         .collect();
-    schema.wait_drained(&pg, DRAIN_DEADLINE).await;
+    schema.wait_drained(&pg, drain_deadline(n)).await;
     let rate = backlog.good() as f64 / started.elapsed().as_secs_f64();
+    let pg_cpu = procfs::postgres_cpu().saturating_sub(pg_cpu_before);
     let cost = children[0].cost();
+    let relay_backends_cpu = schema.relay_backends_cpu(&pg).await;
+    let statements = statements::top(&pg, &schema.name, 8).await;
     for child in children {
         child.stop();
     }
@@ -166,7 +214,11 @@ pub async fn drain(
     queue.purge(channel).await;
     Drain {
         rate,
+        fill,
         cost,
+        pg_cpu,
+        relay_backends_cpu,
+        statements,
         dead_tuples,
     }
 }

@@ -1,9 +1,11 @@
 //! The benchmark's plumbing: services, schemas, queues, and the relay as a
 //! child process whose CPU time and peak memory are read from /proc.
 
+use crate::procfs;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,19 @@ pub const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 pub fn pg_url() -> String {
     std::env::var("OUTBOX_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// The database URL for a relay, naming its connections after `app`
+/// (`application_name`, which the relay keeps when the URL sets it), so that
+/// its backends can be told from every other client of the server.
+pub fn relay_pg_url(app: &str) -> String {
+    let url = pg_url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={app}")
+    } else {
+        format!("{url} application_name={app}")
+    }
 }
 
 pub fn amqp_url() -> String {
@@ -126,8 +141,10 @@ impl Schema {
     /// `n` pending rows of `payload` bytes routed to `queue` (each with a
     /// content type and a one-entry header, as the baseline's messages);
     /// with `poison_every`, every such row instead has headers the relay
-    /// cannot encode (dead-lettered after --max-attempts). Then VACUUM
-    /// ANALYZE so the drain starts from a table in its steady shape.
+    /// cannot encode (dead-lettered after --max-attempts). One statement,
+    /// whatever `n` (a million rows take seconds). Then VACUUM ANALYZE so
+    /// the drain starts from a table in its steady shape, and a CHECKPOINT
+    /// so that it does not pay for writing out the fill.
     pub async fn fill(
         &self,
         pg: &tokio_postgres::Client,
@@ -148,14 +165,13 @@ impl Schema {
         pg.execute(&sql, &[&queue, &(payload as i32), &(n as i32), &every])
             .await
             .expect("fill the outbox");
+        // Two statements: VACUUM cannot run in a multi-statement string.
         pg.batch_execute(&format!("VACUUM ANALYZE {}", self.table()))
             .await
             .unwrap();
+        pg.batch_execute("CHECKPOINT").await.unwrap();
     }
 
-    /// Waits until no row is pending. Polls every 50 ms with an EXISTS that
-    /// stops at the first pending row: a count over a large backlog, many
-    /// times a second, would load the database the relay is measured on.
     /// Adds `large` rows: (count, MiB) pairs of one-byte-repeated payloads.
     pub async fn fill_large(
         &self,
@@ -176,13 +192,30 @@ impl Schema {
         }
     }
 
+    /// Waits until no row is pending. Polls every 50 ms for the first
+    /// pending row at or above the one the previous poll found, through the
+    /// pending index: a check from the lowest id (or a sequential scan, the
+    /// plan an EXISTS gets) walks every row sent so far, milliseconds a poll
+    /// on a million-row table, which loads the database the relay is
+    /// measured on. Only when nothing is pending above that row does it look
+    /// again from the lowest id (rows retried later, relays out of order).
     pub async fn wait_drained(&self, pg: &tokio_postgres::Client, within: Duration) {
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE sent_at IS NULL AND dead_at IS NULL)",
+            "SELECT id FROM {} WHERE sent_at IS NULL AND dead_at IS NULL AND id >= $1
+             ORDER BY id LIMIT 1",
             self.table()
         );
         let deadline = Instant::now() + within;
-        while pg.query_one(&sql, &[]).await.unwrap().get::<_, bool>(0) {
+        let mut from = 0_i64;
+        loop {
+            match pg.query_opt(&sql, &[&from]).await.unwrap() {
+                Some(row) => from = row.get(0),
+                None if from == 0 => return,
+                None => {
+                    from = 0;
+                    continue;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
                 "{} not drained within {within:?}",
@@ -203,10 +236,53 @@ impl Schema {
         .get(0)
     }
 
+    /// CPU of the PostgreSQL backends serving the relays on this schema
+    /// (named after it by [`relay_pg_url`]) since each one started.
+    pub async fn relay_backends_cpu(&self, pg: &tokio_postgres::Client) -> Duration {
+        let pids: Vec<i32> = pg
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&self.name],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        procfs::ticks(
+            pids.into_iter()
+                .filter_map(procfs::Stat::of)
+                .map(|s| s.own_ticks)
+                .sum(),
+        )
+    }
+
     pub async fn drop_schema(self, pg: &tokio_postgres::Client) {
         let _ = pg
             .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
             .await;
+    }
+}
+
+/// Drops the schemas of benchmark runs that are no longer running (an
+/// interrupted run leaves its table behind, a whole backlog): those
+/// named `bench_..._<pid>` whose process is gone.
+pub async fn drop_stale_schemas(pg: &tokio_postgres::Client) {
+    let Ok(rows) = pg
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname ~ '^bench_.*_[0-9]+$'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.rsplit('_').next().unwrap_or_default();
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = pg
+                .batch_execute(&format!("DROP SCHEMA \"{name}\" CASCADE"))
+                .await;
+        }
     }
 }
 
@@ -228,10 +304,20 @@ impl RelayProcess {
         command
             .args(["run", "--schema", &schema.name, "--log-level", "warn"])
             .args(["--grpc-addr", "none"])
-            .args(["--database-url", &pg_url(), "--amqp-url", &amqp_url()]);
+            .args(["--database-url", &relay_pg_url(&schema.name)])
+            .args(["--amqp-url", &amqp_url()]);
         if !extra.contains(&"--http-addr") {
             // Several relays run side by side in some scenarios.
             command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        // The relays end with the benchmark, however it ends (an interrupted
+        // run must not leave them draining into the next one).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
         }
         let child = command
             .args(extra)
@@ -244,24 +330,11 @@ impl RelayProcess {
 
     /// User + system CPU time and peak RSS so far, from /proc.
     pub fn cost(&self) -> ProcessCost {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of the whole line, in clock ticks.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let peak_rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
+        let pid = self.child.id() as i32;
+        let stat = procfs::Stat::of(pid).expect("the relay is running");
         ProcessCost {
-            cpu: Duration::from_secs_f64(ticks as f64 / per_sec as f64),
-            peak_rss_kib,
+            cpu: procfs::ticks(stat.own_ticks),
+            peak_rss_kib: procfs::peak_rss_kib(pid),
         }
     }
 

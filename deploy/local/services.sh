@@ -6,6 +6,8 @@
 #   - waits (with a deadline) until each one answers,
 #   - makes sure the role `root` and the database `test` exist and that
 #     postgres://root@127.0.0.1:5432/test connects (the relay's default URL),
+#   - loads pg_stat_statements (the benchmark's statement report): one
+#     restart of PostgreSQL the first time, none once it is loaded,
 #   - installs PgBouncer (the pooler test runs its own instance) and
 #     promtool (apt's prometheus package, for the metrics checks),
 #   - prepares TLS on both services for the TLS tests (tls.sh).
@@ -77,11 +79,14 @@ ensure_postgres() {
   fi
   if ! psql_root_ok; then provision_postgres "$version"; fi
   psql_root_ok || die "postgres://root@127.0.0.1:$PG_PORT/test still does not connect; see the PostgreSQL log"
+  ensure_pg_stat_statements "$version"
 }
 
-psql_root_ok() {
-  PGCONNECT_TIMEOUT=5 psql -X -q -w -h 127.0.0.1 -p "$PG_PORT" -U root -d test -c 'select 1' >/dev/null 2>&1
+psql_root() {
+  PGCONNECT_TIMEOUT=5 psql -X -q -w -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U root -d test "$@"
 }
+
+psql_root_ok() { psql_root -c 'select 1' >/dev/null 2>&1; }
 
 # A fresh Debian install has neither the role nor the database, and asks TCP
 # clients for a password: create both and trust local TCP connections from this
@@ -104,6 +109,29 @@ SQL
     as_root sed -i '1i # added by outbox-relay services.sh: local development access\nhost all all 127.0.0.1/32 trust' "$hba"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" reload
   fi
+}
+
+# pg_stat_statements must be in shared_preload_libraries, which only a
+# restart applies: done once (ALTER SYSTEM keeps it), checked by one query
+# afterwards. Whatever else is preloaded stays. Each library is its own
+# quoted item: one 'a,b' string would name a single library "a,b".
+ensure_pg_stat_statements() {
+  local version=$1 loaded lib list=""
+  loaded=$(psql_root -Atc 'SHOW shared_preload_libraries')
+  case ",${loaded// /}," in *,pg_stat_statements,*) return 0 ;; esac
+  IFS=, read -ra libs <<<"$loaded"
+  for lib in "${libs[@]}" pg_stat_statements; do
+    lib=$(printf '%s' "$lib" | tr -d ' "')
+    if [ -n "$lib" ]; then list+="${list:+, }'$lib'"; fi
+  done
+  say "preloading pg_stat_statements (shared_preload_libraries = $list): restarting PostgreSQL $version once"
+  psql_root -c "ALTER SYSTEM SET shared_preload_libraries = $list" >/dev/null
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" restart
+  wait_for "PostgreSQL on 127.0.0.1:$PG_PORT" psql_root_ok
+  loaded=$(psql_root -Atc 'SHOW shared_preload_libraries')
+  case ",${loaded// /}," in *,pg_stat_statements,*) ;;
+    *) die "pg_stat_statements is still not preloaded ($loaded); see the PostgreSQL log" ;;
+  esac
 }
 
 ensure_rabbitmq() {
