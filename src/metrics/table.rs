@@ -72,6 +72,7 @@ pub async fn run_table_gauges(
 ) {
     let mut failing = false;
     loop {
+        let started = std::time::Instant::now();
         match outbox.table_gauges().await {
             Ok(gauges) => {
                 metrics.set_table(&gauges);
@@ -83,9 +84,16 @@ pub async fn run_table_gauges(
             }
             Err(e) => tracing::debug!(error = %e, "table gauges still failing"),
         }
+        // Counting a backlog of millions takes the database a while: wait
+        // long enough that the refresh never takes more than a hundredth of
+        // one backend's time, however large the backlog grows.
+        let wait = every.max(started.elapsed() * REFRESH_DUTY_INVERSE);
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
+
+/// The refresh waits at least this many times as long as it took.
+const REFRESH_DUTY_INVERSE: u32 = 100;
