@@ -58,7 +58,9 @@ async fn cut_broker_connections_mid_stream_the_relay_reconnects_and_every_row_ar
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     // At most the batches in flight at each of the 3 cuts can repeat.
-    assert!(duplicates <= 3 * 2 * 100, "{duplicates} duplicates");
+    // Each kill may resend what was sent and not yet marked: two workers,
+    // each with up to two batches of 100 in flight (the pipelined step).
+    assert!(duplicates <= 3 * 2 * 2 * 100, "{duplicates} duplicates");
     env.drop_schema().await;
 }
 
@@ -103,7 +105,9 @@ async fn terminated_database_backends_are_replaced_and_every_row_arrives() {
         "every row arrived"
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    assert!(duplicates <= 3 * 2 * 100, "{duplicates} duplicates");
+    // Each kill may resend what was sent and not yet marked: two workers,
+    // each with up to two batches of 100 in flight (the pipelined step).
+    assert!(duplicates <= 3 * 2 * 2 * 100, "{duplicates} duplicates");
     env.drop_schema().await;
 }
 

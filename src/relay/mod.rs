@@ -143,13 +143,20 @@ enum Fate {
 pub struct Relay {
     outbox: Outbox,
     broker: Arc<Broker>,
-    settings: RelaySettings,
+    /// What marking a batch needs, apart from the channel: a batch is marked
+    /// while the next one is claimed and sent ([`Pipeline`]).
+    marker: Arc<Marker>,
     publisher: Option<Publisher>,
     /// Counts the channels this relay opened: a batch settled after its
     /// channel was replaced must not drop the new one.
     channel_generation: u64,
     /// Shared by a relay's workers: one large payload loaded at a time.
     large_lane: Arc<Semaphore>,
+}
+
+/// Records what the broker said about a batch and marks it.
+struct Marker {
+    settings: RelaySettings,
     metrics: Arc<Metrics>,
 }
 
@@ -165,16 +172,15 @@ impl Relay {
         Self {
             outbox,
             broker,
-            settings,
+            marker: Arc::new(Marker { settings, metrics }),
             publisher: None,
             channel_generation: 0,
             large_lane,
-            metrics,
         }
     }
 
     pub fn settings(&self) -> &RelaySettings {
-        &self.settings
+        &self.marker.settings
     }
 
     /// Runs one claim → publish → confirm → mark cycle.
@@ -185,6 +191,33 @@ impl Relay {
         }
     }
 
+    /// Closes this worker's channel.
+    pub async fn close(&mut self) {
+        if let Some(publisher) = self.publisher.take() {
+            publisher.close().await;
+        }
+    }
+
+    /// False once the channel broke (until the next step opens another).
+    pub fn has_channel(&self) -> bool {
+        self.publisher.is_some()
+    }
+
+    /// Forgets the channel, e.g. after a step was abandoned at its deadline.
+    pub fn reset_channel(&mut self) {
+        self.publisher = None;
+    }
+
+    async fn ensure_publisher(&mut self) -> Result<(), BrokerError> {
+        if !self.publisher.as_ref().is_some_and(Publisher::is_usable) {
+            self.publisher = Some(self.broker.publisher().await?);
+            self.channel_generation += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Marker {
     /// Counts what the broker said, then marks and commits the batch in the
     /// transaction of its claim.
     async fn mark(
@@ -213,31 +246,6 @@ impl Relay {
             dead,
             timings,
         }))
-    }
-
-    /// Closes this worker's channel.
-    pub async fn close(&mut self) {
-        if let Some(publisher) = self.publisher.take() {
-            publisher.close().await;
-        }
-    }
-
-    /// False once the channel broke (until the next step opens another).
-    pub fn has_channel(&self) -> bool {
-        self.publisher.is_some()
-    }
-
-    /// Forgets the channel, e.g. after a step was abandoned at its deadline.
-    pub fn reset_channel(&mut self) {
-        self.publisher = None;
-    }
-
-    async fn ensure_publisher(&mut self) -> Result<(), BrokerError> {
-        if !self.publisher.as_ref().is_some_and(Publisher::is_usable) {
-            self.publisher = Some(self.broker.publisher().await?);
-            self.channel_generation += 1;
-        }
-        Ok(())
     }
 
     /// Counts what the broker said about a batch, as it said it (a batch

@@ -14,6 +14,7 @@
 //!   too, so no claim waits through a backoff;
 //! - shutdown settles what is in flight ([`Pipeline::drain`], invariant 6).
 
+use super::send::settle_batch;
 use super::{InFlight, Outcome, Relay, RelayError};
 
 /// A relay whose step keeps one batch in flight ahead of the one it marks.
@@ -27,26 +28,41 @@ impl Pipeline {
         Self { relay, ahead: None }
     }
 
-    /// Claims and sends the next batch, then settles the previous one.
+    /// Claims and sends the next batch while it settles the previous one.
     /// `Relayed` reports the settled batch; `InFlight` says one was sent
     /// and nothing settled yet; `Empty` that nothing was due or in flight.
+    ///
+    /// The two run concurrently, not one after the other: the previous
+    /// batch holds its claim's connection until it is marked, and through a
+    /// pooler with fewer server connections than claims (PgBouncer in
+    /// transaction mode), a next claim waiting for a connection must not
+    /// keep that batch from being marked and letting its connection go.
     pub async fn step(&mut self) -> Result<Outcome, RelayError> {
-        let next = match self.relay.start_batch().await {
-            Ok(next) => next,
-            Err(e) => {
-                self.drain().await;
-                return Err(e);
+        let (next, settled) = match self.ahead.take() {
+            None => (self.relay.start_batch().await, None),
+            Some(previous) => {
+                let settling = settle_batch(
+                    self.relay.broker.clone(),
+                    self.relay.marker.clone(),
+                    previous,
+                );
+                let (next, (settled, broke)) = tokio::join!(self.relay.start_batch(), settling);
+                self.relay.forget_broken(broke);
+                (next, Some(settled))
             }
         };
-        let started = next.is_some();
-        let Some(previous) = std::mem::replace(&mut self.ahead, next) else {
-            return Ok(if started {
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => return Err(e),
+        };
+        self.ahead = next;
+        let Some(settled) = settled else {
+            return Ok(if self.ahead.is_some() {
                 Outcome::InFlight
             } else {
                 Outcome::Empty
             });
         };
-        let settled = self.relay.finish_batch(previous).await;
         // A failed step, or a channel that broke under the settled batch:
         // the batch in flight cannot fare better, and its claim must not
         // wait through another step (a stalled broker would double it).

@@ -12,12 +12,15 @@
 //! by the broker over one exchange fails the rows of that exchange (counted
 //! toward dead-lettering) and only delays the others.
 
-use super::{Fate, Outcome, Relay, RelayError, RowFailure, trace};
+use super::{Fate, Marker, Outcome, Relay, RelayError, RowFailure, trace};
 use crate::amqp::publish::{Outgoing, SentBatch, refused_exchange};
-use crate::amqp::{BrokerError, Encoded, ExchangeState, Limits, PublishError, encode_traced};
+use crate::amqp::{
+    Broker, BrokerError, Encoded, ExchangeState, Limits, PublishError, encode_traced,
+};
 use crate::outbox::{Claim, ClaimLimits, Claimed, OutboxRow};
 use crate::telemetry::TraceContext;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{Instrument, Span};
 
@@ -55,17 +58,17 @@ impl Relay {
         let claim = self
             .outbox
             .claim(&ClaimLimits {
-                rows: self.settings.batch_size,
-                max_payload: self.settings.max_message_size,
-                batch_bytes: self.settings.batch_bytes,
-                idle_timeout: self.settings.claim_idle_timeout,
+                rows: self.marker.settings.batch_size,
+                max_payload: self.marker.settings.max_message_size,
+                batch_bytes: self.marker.settings.batch_bytes,
+                idle_timeout: self.marker.settings.claim_idle_timeout,
             })
             .instrument(claiming.clone())
             .await?;
         claiming.record("messaging.batch.message_count", claim.rows.len());
         drop(claiming);
         if claim.is_empty() {
-            claim.finish(&[], self.settings.on_sent, &[]).await?;
+            claim.finish(&[], self.marker.settings.on_sent, &[]).await?;
             return Ok(None);
         }
         kill_point!("relay_after_claim");
@@ -87,32 +90,24 @@ impl Relay {
 
     /// Waits for the batch's confirms, then marks and commits it.
     pub async fn finish_batch(&mut self, batch: InFlight) -> Result<Outcome, RelayError> {
-        let InFlight {
-            claim,
-            mut fates,
-            slots,
-            sent,
-            generation,
-            started,
-            claimed,
-            spans,
-        } = batch;
-        if let Some(sent) = sent {
-            let results = sent.confirmed().await;
-            self.settle(&claim.rows, &slots, results, &mut fates, generation);
+        let (outcome, broke) = settle_batch(self.broker.clone(), self.marker.clone(), batch).await;
+        self.forget_broken(broke);
+        outcome
+    }
+
+    /// After [`settle_batch`]: forgets the channel the batch broke, unless
+    /// it was replaced meanwhile (a later batch may be in flight on the new one).
+    pub(super) fn forget_broken(&mut self, broke: Option<u64>) {
+        if broke == Some(self.channel_generation) {
+            self.publisher = None;
         }
-        drop(spans);
-        kill_point!("relay_after_confirm");
-        let published = Instant::now();
-        self.mark(claim, fates, [claimed - started, published - claimed])
-            .await
     }
 
     /// Encodes and checks each row, writes the ready ones to the channel,
     /// and publishes rows too large for the claim's byte budget one at a
     /// time (confirmed before this returns).
     async fn send(&mut self, batch: &mut InFlight) -> Result<(), RelayError> {
-        let limits = self.broker.limits(self.settings.max_message_size);
+        let limits = self.broker.limits(self.marker.settings.max_message_size);
         let claim = &batch.claim;
         let mut ready: Vec<(usize, &[u8], Encoded)> = Vec::with_capacity(claim.rows.len());
         let mut large = Vec::new();
@@ -138,7 +133,7 @@ impl Relay {
             batch.spans.1.extend(traced.map(|(span, _)| span));
             match &row.payload {
                 Some(payload) => ready.push((index, payload.as_slice(), envelope)),
-                None if row.payload_len > self.settings.batch_bytes => {
+                None if row.payload_len > self.marker.settings.batch_bytes => {
                     large.push((index, row, envelope));
                 }
                 None => batch.fates[index] = Fate::Later,
@@ -153,7 +148,7 @@ impl Relay {
         {
             batch.sent = Some(
                 publisher
-                    .send_batch(outgoing, self.settings.confirm_timeout)
+                    .send_batch(outgoing, self.marker.settings.confirm_timeout)
                     .await,
             );
             batch.slots = slots;
@@ -178,10 +173,17 @@ impl Relay {
                 envelope,
             }];
             let results = publisher
-                .publish_batch(outgoing, self.settings.confirm_timeout)
+                .publish_batch(outgoing, self.marker.settings.confirm_timeout)
                 .await;
-            let generation = self.channel_generation;
-            self.settle(&claim.rows, &[index], results, &mut batch.fates, generation);
+            if settle(
+                &self.broker,
+                &claim.rows,
+                &[index],
+                results,
+                &mut batch.fates,
+            ) {
+                self.publisher = None;
+            }
         }
         Ok(())
     }
@@ -216,53 +218,86 @@ impl Relay {
             }),
         })
     }
+}
 
-    /// Records the broker's answers for the rows at `slots`, sent on the
-    /// channel of `generation`. A channel the broker closed over one
-    /// exchange blames that exchange's rows only. A broken channel is
-    /// forgotten only if it is still the current one: a later batch may
-    /// already be in flight on its replacement.
-    fn settle(
-        &mut self,
-        rows: &[Claimed],
-        slots: &[usize],
-        results: Vec<Result<(), PublishError>>,
-        fates: &mut [Fate],
-        generation: u64,
-    ) {
-        let mut broken = false;
-        let mut refused: Option<(String, String)> = None;
-        for (&index, confirm) in slots.iter().zip(results) {
-            let Err(e) = confirm else { continue };
-            broken |= e.breaks_channel();
-            if refused.is_none() {
-                refused = refused_exchange(&e);
-            }
-            let exchange = match &rows[index] {
-                Claimed::Row(row) => Some(row.exchange.as_str()),
-                Claimed::Defect(_) => None,
-            };
-            fates[index] = match &refused {
-                Some((blamed, reason)) if Some(blamed.as_str()) == exchange => {
-                    Fate::Failed(RowFailure::ExchangeRefused {
-                        exchange: blamed.clone(),
-                        reason: reason.clone(),
-                    })
-                }
-                _ => Fate::Failed(e.into()),
-            };
-        }
-        if (broken || refused.is_some()) && generation == self.channel_generation {
-            self.publisher = None;
-            self.broker.forget_exchanges();
-        }
-        if let Some((exchange, reason)) = refused {
-            tracing::warn!(
-                exchange,
-                reason,
-                "the broker closed the channel over an exchange; its rows fail, the others retry"
-            );
-            self.broker.refuse_exchange(&exchange, &reason);
+/// Waits for `batch`'s confirms, records them, marks and commits it: all
+/// that needs no channel, so that a worker can settle one batch while it
+/// claims and sends the next. Also returns the generation of the channel
+/// the batch broke, if it did.
+pub(super) async fn settle_batch(
+    broker: Arc<Broker>,
+    marker: Arc<Marker>,
+    batch: InFlight,
+) -> (Result<Outcome, RelayError>, Option<u64>) {
+    let InFlight {
+        claim,
+        mut fates,
+        slots,
+        sent,
+        generation,
+        started,
+        claimed,
+        spans,
+    } = batch;
+    let mut broke = None;
+    if let Some(sent) = sent {
+        let results = sent.confirmed().await;
+        if settle(&broker, &claim.rows, &slots, results, &mut fates) {
+            broke = Some(generation);
         }
     }
+    drop(spans);
+    kill_point!("relay_after_confirm");
+    let published = Instant::now();
+    let outcome = marker
+        .mark(claim, fates, [claimed - started, published - claimed])
+        .await;
+    (outcome, broke)
+}
+
+/// Records the broker's answers for the rows at `slots`; true when the
+/// channel they went out on broke. A channel the broker closed over one
+/// exchange blames that exchange's rows only.
+fn settle(
+    broker: &Broker,
+    rows: &[Claimed],
+    slots: &[usize],
+    results: Vec<Result<(), PublishError>>,
+    fates: &mut [Fate],
+) -> bool {
+    let mut broken = false;
+    let mut refused: Option<(String, String)> = None;
+    for (&index, confirm) in slots.iter().zip(results) {
+        let Err(e) = confirm else { continue };
+        broken |= e.breaks_channel();
+        if refused.is_none() {
+            refused = refused_exchange(&e);
+        }
+        let exchange = match &rows[index] {
+            Claimed::Row(row) => Some(row.exchange.as_str()),
+            Claimed::Defect(_) => None,
+        };
+        fates[index] = match &refused {
+            Some((blamed, reason)) if Some(blamed.as_str()) == exchange => {
+                Fate::Failed(RowFailure::ExchangeRefused {
+                    exchange: blamed.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            _ => Fate::Failed(e.into()),
+        };
+    }
+    let broke = broken || refused.is_some();
+    if broke {
+        broker.forget_exchanges();
+    }
+    if let Some((exchange, reason)) = refused {
+        tracing::warn!(
+            exchange,
+            reason,
+            "the broker closed the channel over an exchange; its rows fail, the others retry"
+        );
+        broker.refuse_exchange(&exchange, &reason);
+    }
+    broke
 }

@@ -128,6 +128,33 @@ impl Drop for Reap {
     }
 }
 
+/// A relay process, its stderr collected as it comes.
+struct Spawned {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    _reap: Reap,
+}
+
+/// `outbox-relay <args>` with `env` added to its environment.
+fn spawn(args: &[&str], env: &[(&str, String)]) -> Spawned {
+    let mut command = relay(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reap = Reap(child.id());
+    let log = watch_stderr(&mut child);
+    Spawned {
+        child,
+        log,
+        _reap: reap,
+    }
+}
+
 async fn sigterm(child: Child) -> std::process::ExitStatus {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -160,27 +187,25 @@ async fn exported_spans_chain_the_caller_the_grpc_call_and_each_published_messag
         .execute(&sql, &[&env.queue, &row_headers, &missing, &dead_headers])
         .await
         .unwrap();
-    let mut child = relay(&[
-        "run",
-        "--schema",
-        &env.schema,
-        "--log-format",
-        "json",
-        "--max-attempts",
-        "1",
-    ])
-    .env(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        format!("http://{collector_addr}"),
-    )
-    .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-    .env("OTEL_SERVICE_NAME", "outbox-relay-test")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let _reap = Reap(child.id());
-    let log = watch_stderr(&mut child);
+    let Spawned { child, log, _reap } = spawn(
+        &[
+            "run",
+            "--schema",
+            &env.schema,
+            "--log-format",
+            "json",
+            "--max-attempts",
+            "1",
+        ],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{collector_addr}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("OTEL_SERVICE_NAME", "outbox-relay-test".to_owned()),
+        ],
+    );
     let grpc = wait_for_addr(&log, "gRPC ingress listening").await;
     let mut client = PublisherClient::connect(format!("http://{grpc}"))
         .await
@@ -291,22 +316,18 @@ async fn exported_spans_chain_the_caller_the_grpc_call_and_each_published_messag
 async fn livez_is_503_while_a_worker_is_wedged_and_200_once_it_moves_again() {
     let env = TestEnv::new("wedged").await;
     // The worker's first loop iteration blocks for 6 s: past the 1 s window.
-    let mut child = relay(&[
-        "run",
-        "--schema",
-        &env.schema,
-        "--concurrency",
-        "1",
-        "--liveness-window",
-        "1s",
-    ])
-    .env("FAILPOINTS", "relay_worker_loop=1*sleep(6000)")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let _reap = Reap(child.id());
-    let log = watch_stderr(&mut child);
+    let Spawned { child, log, _reap } = spawn(
+        &[
+            "run",
+            "--schema",
+            &env.schema,
+            "--concurrency",
+            "1",
+            "--liveness-window",
+            "1s",
+        ],
+        &[("FAILPOINTS", "relay_worker_loop=1*sleep(6000)".to_owned())],
+    );
     let http = wait_for_addr(&log, "HTTP port listening").await;
     let deadline = tokio::time::Instant::now() + WITHIN;
     let wedged = loop {
@@ -340,13 +361,7 @@ async fn livez_is_503_while_a_worker_is_wedged_and_200_once_it_moves_again() {
 async fn promtool_accepts_the_live_metrics() {
     let env = TestEnv::new("promtool").await;
     env.insert_rows(5).await;
-    let mut child = relay(&["run", "--schema", &env.schema])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _reap = Reap(child.id());
-    let log = watch_stderr(&mut child);
+    let Spawned { child, log, _reap } = spawn(&["run", "--schema", &env.schema], &[]);
     let http = wait_for_addr(&log, "HTTP port listening").await;
     let grpc = wait_for_addr(&log, "gRPC ingress listening").await;
     assert!(wait_until(WITHIN, || async { env.count_sent().await == 5 }).await);
