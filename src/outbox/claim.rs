@@ -32,6 +32,7 @@ pub struct ClaimLimits {
 pub struct Claim {
     client: Option<Object>,
     statements: Arc<super::Statements>,
+    cursor: Arc<super::ClaimCursor>,
     pub rows: Vec<Claimed>,
 }
 
@@ -50,6 +51,7 @@ impl Outbox {
         let mut claim = Claim {
             client: Some(client),
             statements: self.sql.clone(),
+            cursor: self.cursor.clone(),
             rows: Vec::new(),
         };
         let client = claim.client();
@@ -147,6 +149,9 @@ impl Claim {
         client.batch_execute("COMMIT").await?;
         // Committed: the connection is clean and goes back to the pool.
         self.client.take();
+        if let Some(backoff) = failures.iter().filter(|f| !f.dead).map(|f| f.delay).min() {
+            self.cursor.rescan_at(std::time::Instant::now() + backoff);
+        }
         Ok(())
     }
 }

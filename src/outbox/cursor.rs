@@ -11,8 +11,9 @@
 //! (a retry whose backoff ended, a delayed message, a transaction that
 //! committed low ids late, rows another relay released) is found by the
 //! next rescan from the lowest id, which comes whenever a claim returns
-//! fewer rows than asked for (the end of the backlog) and at least every
-//! [`RESCAN_EVERY`].
+//! fewer rows than asked for (the end of the backlog), when a row this
+//! relay failed becomes due again ([`ClaimCursor::rescan_at`]), and at
+//! least every [`RESCAN_EVERY`].
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ struct State {
     /// The lowest id the next claim considers.
     from: i64,
     last_rescan: Instant,
+    /// When a row failed by this relay is due again.
+    retry_due: Option<Instant>,
 }
 
 impl Default for ClaimCursor {
@@ -36,6 +39,7 @@ impl Default for ClaimCursor {
         Self(Mutex::new(State {
             from: 0,
             last_rescan: Instant::now(),
+            retry_due: None,
         }))
     }
 }
@@ -44,13 +48,24 @@ impl ClaimCursor {
     /// The lowest id for the next claim: 0 when a rescan is due.
     pub fn start(&self) -> i64 {
         let mut state = self.0.lock().expect("poisoned");
-        if state.last_rescan.elapsed() >= RESCAN_EVERY {
+        let retry = state.retry_due.is_some_and(|due| due <= Instant::now());
+        if retry || state.last_rescan.elapsed() >= RESCAN_EVERY {
             state.from = 0;
+        }
+        if state.from == 0 && retry {
+            state.retry_due = None;
         }
         if state.from == 0 {
             state.last_rescan = Instant::now();
         }
         state.from
+    }
+
+    /// A row this relay failed is due again at `due` (its backoff): rescan
+    /// then, so that its retry does not wait for the periodic rescan.
+    pub fn rescan_at(&self, due: Instant) {
+        let mut state = self.0.lock().expect("poisoned");
+        state.retry_due = Some(state.retry_due.map_or(due, |earlier| earlier.min(due)));
     }
 
     /// After a claim from `from` that asked for `limit` rows: `ids` are the
@@ -90,6 +105,16 @@ mod tests {
         assert_eq!(cursor.start(), 0, "the end of the backlog: rescan");
         cursor.advance(0, 2, &[], None);
         assert_eq!(cursor.start(), 0);
+    }
+
+    #[test]
+    fn a_retry_coming_due_brings_a_rescan() {
+        let cursor = ClaimCursor::default();
+        cursor.advance(0, 2, &[1, 2], None);
+        cursor.rescan_at(Instant::now());
+        assert_eq!(cursor.start(), 0, "the failed row's backoff is over");
+        cursor.advance(0, 2, &[3, 4], None);
+        assert_eq!(cursor.start(), 5, "one rescan per retry");
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod sql;
 
 pub use browse::{BROWSE_TIMEOUT, Detail, Filter, Listed, Page, RowState};
 pub use claim::{Claim, ClaimLimits};
-use cursor::ClaimCursor;
+pub(crate) use cursor::ClaimCursor;
 pub use dead::Change;
 pub use error::{StoreError, describe};
 
