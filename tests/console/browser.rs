@@ -117,22 +117,32 @@ async fn the_console_shows_a_sent_message_and_replays_a_dead_one_in_a_real_brows
     }
 }
 
+/// The test's steps, in the order an operator would take them.
 async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
     let base = format!("http://{}", relay.http.expect("the HTTP port listens"));
-    // Sent over the last hour, mid-minute (minutes 1 to 58 ago, 1 to 7 a
-    // minute): the chart's bars.
-    let table = env.table();
+    let earlier = sent_over_the_last_hour(env).await;
+    log_in_and_see_the_overview(browser, &base).await;
+    find_a_relayed_message(env, browser, earlier).await;
+    replay_a_dead_letter(env, browser).await;
+    fit_a_phone(browser).await;
+}
+
+/// Rows sent over the last hour, mid-minute (minutes 1 to 58 ago, 1 to 7 a
+/// minute), for the chart's bars; returns how many.
+async fn sent_over_the_last_hour(env: &TestEnv) -> i64 {
     env.pg
         .batch_execute(&format!(
-            "INSERT INTO {table} (routing_key, payload, sent_at)
+            "INSERT INTO {} (routing_key, payload, sent_at)
              SELECT 'earlier', 'x', now() - make_interval(mins => m, secs => 30)
-             FROM generate_series(1, 58) m, generate_series(1, 1 + abs(6 - m % 12)) n"
+             FROM generate_series(1, 58) m, generate_series(1, 1 + abs(6 - m % 12)) n",
+            env.table()
         ))
         .await
         .unwrap();
-    let earlier: i64 = (1..=58).map(|m: i64| 1 + (6 - m % 12).abs()).sum();
+    (1..=58).map(|m: i64| 1 + (6 - m % 12).abs()).sum()
+}
 
-    // The login, then the overview.
+async fn log_in_and_see_the_overview(browser: &Client, base: &str) {
     browser.goto(&format!("{base}/")).await.unwrap();
     let field = browser
         .wait()
@@ -151,19 +161,21 @@ async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
     assert!(!cookie.value().contains(TOKEN));
+}
 
-    // A message the relay sends is found by its message_id, with its times.
+/// A message the relay sends is found by its message_id, with its times,
+/// and counted in the chart; its detail shows the payload.
+async fn find_a_relayed_message(env: &TestEnv, browser: &Client, earlier: i64) {
     let sql = format!(
-        "INSERT INTO {table} (routing_key, payload, content_type) VALUES ($1, '{{\"order\": 42}}', 'application/json') RETURNING message_id::text"
+        "INSERT INTO {} (routing_key, payload, content_type) VALUES ($1, '{{\"order\": 42}}', 'application/json') RETURNING message_id::text",
+        env.table()
     );
     let sent_id: String = env.pg.query_one(&sql, &[&env.queue]).await.unwrap().get(0);
     let sent = format!(
         "SELECT count(*) FROM {{t}} WHERE message_id = '{sent_id}' AND sent_at IS NOT NULL"
     );
-    assert!(
-        wait_until(WITHIN, || async { env.scalar(&sent).await == 1 }).await,
-        "relayed"
-    );
+    let relayed = wait_until(WITHIN, || async { env.scalar(&sent).await == 1 }).await;
+    assert!(relayed, "{sent_id} was not relayed within {WITHIN:?}");
     let search = browser.find(Locator::Css("#f-message_id")).await.unwrap();
     search.send_keys(&sent_id).await.unwrap();
     click(browser, "#search-button").await;
@@ -173,6 +185,7 @@ async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
     assert!(is_local_time(&created), "{created:?}");
     assert!(sent_at >= created, "sent {sent_at} after created {created}");
     assert_eq!(text(browser, &format!("{row} .state")).await, "sent");
+
     // The chart: one bar per minute that sent, and every message.
     let in_the_hour = (earlier + 1).to_string();
     text_when(browser, "#sent-hour", |t| t.replace(',', "") == in_the_hour).await;
@@ -182,82 +195,43 @@ async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
         .unwrap();
     let mut total = 0;
     for bar in &bars {
-        total += bar
-            .attr("data-count")
-            .await
-            .unwrap()
-            .unwrap()
-            .parse::<i64>()
-            .unwrap();
+        let count = bar.attr("data-count").await.unwrap().unwrap();
+        total += count.parse::<i64>().unwrap();
     }
-    assert_eq!(
-        (bars.len(), total),
-        (59, earlier + 1),
-        "bars of the minutes that sent"
-    );
+    assert_eq!((bars.len(), total), (59, earlier + 1), "one bar a minute");
 
-    // Its detail: headers and payload.
     click(browser, &format!("{row} button.link")).await;
     let payload = text_when(browser, "#detail-payload", |t| !t.is_empty()).await;
     assert!(payload.contains("\"order\": 42"), "{payload}");
     save_screenshot(browser, "console-detail.png").await;
     click(browser, "#detail-close").await;
+}
 
-    // A row to an exchange that does not exist dies after one attempt.
+/// A row to an exchange that does not exist dies after one attempt and is
+/// listed with its error; once the exchange exists and routes to a queue,
+/// the page's Replay delivers it.
+async fn replay_a_dead_letter(env: &TestEnv, browser: &Client) {
     let exchange = unique("console_missing");
     let sql = format!(
-        "INSERT INTO {table} (exchange, routing_key, payload) VALUES ($1, 'replayed', 'again') RETURNING message_id::text"
+        "INSERT INTO {} (exchange, routing_key, payload) VALUES ($1, 'replayed', 'again') RETURNING message_id::text, id",
+        env.table()
     );
-    let dead_id: String = env.pg.query_one(&sql, &[&exchange]).await.unwrap().get(0);
-    let dead = format!(
-        "SELECT count(*) FROM {{t}} WHERE message_id = '{dead_id}' AND dead_at IS NOT NULL"
-    );
-    assert!(
-        wait_until(WITHIN, || async { env.scalar(&dead).await == 1 }).await,
-        "dead"
-    );
+    let inserted = env.pg.query_one(&sql, &[&exchange]).await.unwrap();
+    let (dead_id, id): (String, i64) = (inserted.get(0), inserted.get(1));
+    let dead = format!("SELECT count(*) FROM {{t}} WHERE id = {id} AND dead_at IS NOT NULL");
+    let died = wait_until(WITHIN, || async { env.scalar(&dead).await == 1 }).await;
+    assert!(died, "{dead_id} was not dead-lettered within {WITHIN:?}");
     let dead_row = format!("#dead tr[data-message-id=\"{dead_id}\"]");
     let error = text_when(browser, &format!("{dead_row} td.error"), |t| !t.is_empty()).await;
-    let stored: String = env
-        .pg
-        .query_one(
-            &format!("SELECT last_error FROM {table} WHERE message_id = '{dead_id}'"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = format!("SELECT last_error FROM {} WHERE id = {id}", env.table());
+    let stored: String = env.pg.query_one(&sql, &[]).await.unwrap().get(0);
     assert_eq!(error, stored.trim());
     // The whole page at a desktop's width: overview, dead letter, search.
     browser.set_window_size(DESKTOP.0, TALL).await.unwrap();
     save_screenshot(browser, "console.png").await;
     browser.set_window_size(DESKTOP.0, DESKTOP.1).await.unwrap();
 
-    // Once the exchange exists and routes to a queue, Replay delivers it.
-    let queue = unique("q_console_replayed");
-    declare_queue(&env.channel, &queue, FieldTable::default()).await;
-    env.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    env.channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "replayed".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = route_to_a_new_queue(env, &exchange, "replayed").await;
     click(browser, &format!("{dead_row} button.replay")).await;
     let arrived = consume(&env.channel, &queue, 1, WITHIN, Duration::ZERO).await;
     assert_eq!(arrived.len(), 1, "the replayed message arrives");
@@ -266,8 +240,41 @@ async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
     let notice = text_when(browser, "#notice", |t| t.contains("pending again")).await;
     assert!(notice.contains(&dead_id), "{notice}");
     gone(browser, &dead_row).await;
+}
 
-    // A phone's width: nothing wider than the screen but inside scrollers.
+/// Declares `exchange` (removed with its last binding) and a queue bound to
+/// it with `key`; returns the queue's name.
+async fn route_to_a_new_queue(env: &TestEnv, exchange: &str, key: &str) -> String {
+    let queue = unique("q_console_replayed");
+    declare_queue(&env.channel, &queue, FieldTable::default()).await;
+    let options = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    env.channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    env.channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    queue
+}
+
+/// At a phone's width nothing is wider than the screen but inside scrollers.
+async fn fit_a_phone(browser: &Client) {
     browser.set_window_size(PHONE.0, PHONE.1).await.unwrap();
     let overflow = browser
         .execute(
