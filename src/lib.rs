@@ -18,7 +18,7 @@
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
 //! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
-//! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (admission, handlers, the OpenAPI document) |
+//! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (handlers, the OpenAPI document); the console at `/` (`console/`: the embedded page, its login); admission of both (`auth.rs`: token, loopback, same-origin, CSRF) and the console's sessions (`session.rs`) |
 //! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
 //! | [`relay`] | the step: claim → publish → await confirms → mark; backoff; dead-lettering; the worker loop, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |

@@ -1,8 +1,10 @@
 //! The relay core against the real PostgreSQL and RabbitMQ: what arrives,
-//! what is retried, what is dead-lettered, and what is never published.
+//! what is retried, what is dead-lettered, and what is never published;
+//! and, as modules, the JSON API, the console and the monitoring.
 
 mod api;
 mod common;
+mod console;
 mod monitoring;
 
 use common::*;

@@ -10,6 +10,7 @@
 #     restart of PostgreSQL the first time, none once it is loaded,
 #   - installs PgBouncer (the pooler test runs its own instance) and
 #     promtool (apt's prometheus package, for the metrics checks),
+#   - installs headless Chromium and chromedriver (the console's browser test),
 #   - prepares TLS on both services for the TLS tests (tls.sh).
 # Idempotent: when everything is up it only checks, in well under a second.
 set -euo pipefail
@@ -159,10 +160,19 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
+# Chromium and its WebDriver for the console's test in a real browser
+# (tests/console/: the test starts /usr/bin/chromedriver itself).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/bin/chromedriver ]; then
+    apt_install chromium chromium-driver
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_pgbouncer
 ensure_promtool
+ensure_chromium
 # Real TLS for both services (test CA, certificates, listeners): tls.sh.
 "$(dirname "$0")/tls.sh"
 say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT (TLS 5671) are up"

@@ -254,6 +254,15 @@ impl Broker {
             .record(name, ExchangeState::Refused(reason.into()));
     }
 
+    /// Forgets which exchanges were found missing or refusing, so that the
+    /// next row routed to one asks the broker again: an operator's replay
+    /// follows a fix (a declared exchange, a granted permission) that the
+    /// cache would otherwise hide for up to [`MISSING_TTL`], failing the
+    /// replayed rows once more.
+    pub fn recheck_unusable_exchanges(&self) {
+        self.exchanges.lock().expect("poisoned").unusable.clear();
+    }
+
     /// Drops the exchange cache (after a channel failure or reconnect).
     pub fn forget_exchanges(&self) {
         *self.exchanges.lock().expect("poisoned") = ExchangeCache::default();

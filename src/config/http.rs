@@ -1,8 +1,8 @@
 //! Flags of the HTTP port (`outbox-relay run`): where the probes,
-//! `/metrics` and the JSON API listen, how long a worker may go without an
-//! iteration before `/livez` calls the process wedged, and the token the
-//! API requires (`--admin-token`, or `--admin-token-file`; see
-//! `crate::http::api` for the rules).
+//! `/metrics`, the JSON API and the console listen, how long a worker may go
+//! without an iteration before `/livez` calls the process wedged, and the
+//! token the API and the console require (`--admin-token`, or
+//! `--admin-token-file`; see `crate::http::auth` for the rules).
 
 use super::values::{Secret, parse_duration};
 use clap::Args;
@@ -21,7 +21,8 @@ pub struct HttpArgs {
     /// or `none` to turn it off. On all interfaces by default, unlike the
     /// gRPC ingress: the kubelet's probes and Prometheus reach a pod on its
     /// own IP, not on loopback. The probes and `/metrics` take no token;
-    /// `/api` is served only with --admin-token or on a loopback address.
+    /// `/api` and the console (`/`) are served only with --admin-token or
+    /// on a loopback address.
     /// 9464 is the port conventionally used by Prometheus exporters.
     #[arg(long, env = "OUTBOX_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: HttpListen,
@@ -32,7 +33,8 @@ pub struct HttpArgs {
     #[arg(long, env = "OUTBOX_LIVENESS_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub liveness_window: Duration,
     /// Require `Authorization: Bearer <token>` on the JSON API (`/api`),
-    /// compared in constant time. Without it the API is served only when
+    /// or a login with it on the console (`/`), compared in constant time.
+    /// Without it the API and the console are served only when
     /// --http-addr is a loopback address.
     #[arg(long, env = "OUTBOX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,

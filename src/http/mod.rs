@@ -11,14 +11,19 @@
 //!   what the outbox buffers through, and an unready sidecar would take the
 //!   application out of its Service). The body lists each check.
 //!
-//! - `/api/...`: the JSON API ([`api`]), only with `--admin-token` or on a
-//!   loopback address.
+//! - `/api/...`: the JSON API ([`api`]) and `/` the console ([`console`]),
+//!   a web page over that API, only with `--admin-token` or on a loopback
+//!   address; both admitted by [`auth`] (a bearer token or the console's
+//!   login session of [`session`]).
 //!
 //! The probes and `/metrics` need no token: they serve no data, only health
 //! and counts. The port keeps answering while the workers drain at shutdown
 //! (`/readyz` then says so with 503) and closes once they are done.
 
 pub mod api;
+mod auth;
+mod console;
+mod session;
 
 use crate::amqp::Broker;
 use crate::health::Health;
@@ -26,6 +31,7 @@ use crate::metrics::{Format, Metrics};
 use crate::outbox::Outbox;
 use anyhow::Context;
 use api::ApiSettings;
+use auth::Gate;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -61,7 +67,8 @@ pub struct Probes {
 pub struct HttpPort {
     listener: TcpListener,
     probes: Probes,
-    api: Option<ApiSettings>,
+    /// The API's settings and the admission of the API and the console.
+    api: Option<(ApiSettings, Arc<Gate>)>,
 }
 
 impl HttpPort {
@@ -75,6 +82,14 @@ impl HttpPort {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP port (--http-addr) to {addr}"))?;
+        let api = match api {
+            Some(settings) => {
+                let gate = Gate::new(settings.token.as_deref())
+                    .context("keying the console's login sessions")?;
+                Some((settings, Arc::new(gate)))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             probes,
@@ -98,19 +113,21 @@ impl HttpPort {
             .route("/readyz", get(readyz))
             .with_state(probes.clone());
         let api = match self.api {
-            Some(api) if api::served(addr, api.token.is_some()) => {
+            Some((api, gate)) if api::served(addr, api.token.is_some()) => {
                 let token = api.token.is_some();
-                router = router.merge(api::router(api, probes));
+                router = router
+                    .merge(api::router(api, probes, gate.clone()))
+                    .merge(console::router(gate));
                 if token { "token" } else { "loopback, no token" }
             }
             Some(_) => {
                 tracing::warn!(%addr, fix = "set --admin-token (OUTBOX_ADMIN_TOKEN or OUTBOX_ADMIN_TOKEN_FILE), or bind --http-addr to 127.0.0.1",
-                    "the JSON API (/api) is off: the HTTP port listens beyond loopback and no --admin-token is set");
+                    "the JSON API (/api) and the console (/) are off: the HTTP port listens beyond loopback and no --admin-token is set");
                 "off"
             }
             None => "off",
         };
-        tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics; /api unless api=off)");
+        tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics; /api and the console at / unless api=off)");
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -4,7 +4,8 @@
 //!
 //! Every figure has an index path (migrations 0001 and 0003): the backlog
 //! through the pending indexes (its cost follows the backlog), the rates
-//! through a range of `outbox_sent_at_idx` (the rows of the last hour), the
+//! and their per-minute series through one range of `outbox_sent_at_idx`
+//! (the rows of the last hour, grouped into at most 60 minutes), the
 //! sent count through an index-only scan of it (the rows kept sent: with
 //! `--on-sent delete` none, and the rates are 0 as well; `/metrics` counts
 //! publishes either way). Bounded by [`super::browse::BROWSE_TIMEOUT`].
@@ -26,12 +27,19 @@ WHERE sent_at IS NULL AND dead_at IS NULL";
 
 const SENT: &str = "SELECT count(*) FROM {table} WHERE sent_at IS NOT NULL";
 
-/// Rows sent within the last minute and the last hour.
+/// Rows sent within the last hour, by minutes ago: bucket 0 holds the
+/// last 60 seconds, 59 the oldest minute. One range of the sent_at index,
+/// at most [`MINUTES`] groups: the per-minute chart costs what the two
+/// totals cost, which are its sums.
 const RATES: &str = "SELECT
-    count(*) FILTER (WHERE sent_at >= now() - interval '1 minute'),
+    LEAST(GREATEST(floor(EXTRACT(epoch FROM now() - sent_at) / 60), 0), 59)::int4,
     count(*)
 FROM {table}
-WHERE sent_at >= now() - interval '1 hour'";
+WHERE sent_at >= now() - interval '1 hour'
+GROUP BY 1";
+
+/// The buckets of [`Rates::sent_per_minute`].
+pub const MINUTES: usize = 60;
 
 const DEAD: &str = "SELECT count(*) FROM {table} WHERE dead_at IS NOT NULL AND sent_at IS NULL";
 
@@ -75,10 +83,29 @@ pub struct RouteCount {
 
 /// Messages confirmed within the window (`sent_at`, so only while sent
 /// rows are kept: `--on-sent mark`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rates {
     pub sent_last_minute: i64,
     pub sent_last_hour: i64,
+    /// The last hour minute by minute, oldest first: the last element is
+    /// `sent_last_minute`, the sum is `sent_last_hour`.
+    pub sent_per_minute: Vec<i64>,
+}
+
+impl Rates {
+    /// The rates of `(minutes ago, count)` buckets.
+    fn of_buckets(buckets: impl IntoIterator<Item = (i32, i64)>) -> Self {
+        let mut per_minute = vec![0; MINUTES];
+        for (ago, count) in buckets {
+            let ago = usize::try_from(ago).unwrap_or(0).min(MINUTES - 1);
+            per_minute[MINUTES - 1 - ago] += count;
+        }
+        Self {
+            sent_last_minute: per_minute[MINUTES - 1],
+            sent_last_hour: per_minute.iter().sum(),
+            sent_per_minute: per_minute,
+        }
+    }
 }
 
 impl Outbox {
@@ -99,7 +126,7 @@ impl Outbox {
         .await?;
         let backlog = tx.query_typed_one(&render(BACKLOG), &[]).await?;
         let sent = tx.query_typed_one(&render(SENT), &[]).await?;
-        let rates = tx.query_typed_one(&render(RATES), &[]).await?;
+        let rates = tx.query_typed(&render(RATES), &[]).await?;
         let dead = tx.query_typed_one(&render(DEAD), &[]).await?;
         let routes = tx
             .query_typed(&render(TOP_ROUTES), &[(&top, Type::INT8)])
@@ -128,10 +155,38 @@ impl Outbox {
                     })
                 })
                 .collect::<Result<_, StoreError>>()?,
-            rates: Rates {
-                sent_last_minute: typed(&rates, 0, "sent_at", "timestamptz")?,
-                sent_last_hour: typed(&rates, 1, "sent_at", "timestamptz")?,
-            },
+            rates: Rates::of_buckets(
+                rates
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            typed(r, 0, "sent_at", "timestamptz")?,
+                            typed(r, 1, "sent_at", "timestamptz")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?,
+            ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minutes_of_the_last_hour_run_oldest_first_and_sum_to_the_totals() {
+        let rates = Rates::of_buckets([(0, 2), (1, 5), (59, 7), (60, 1), (-1, 1)]);
+        assert_eq!(rates.sent_per_minute.len(), MINUTES);
+        assert_eq!(rates.sent_per_minute[0], 8, "60 is clamped to the oldest");
+        assert_eq!(rates.sent_per_minute[MINUTES - 2], 5);
+        assert_eq!(
+            rates.sent_per_minute[MINUTES - 1],
+            3,
+            "-1 is the last minute"
+        );
+        assert_eq!(rates.sent_last_minute, 3);
+        assert_eq!(rates.sent_last_hour, 16);
+        assert_eq!(Rates::of_buckets([]).sent_per_minute, vec![0; MINUTES]);
     }
 }

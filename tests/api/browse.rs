@@ -305,10 +305,13 @@ async fn stats_count_the_backlog_its_busiest_routes_and_the_send_rates() {
             {"exchange": "b", "routing_key": "two", "count": 1},
         ])
     );
-    assert_eq!(
-        stats["rates"],
-        json!({"sent_last_minute": 2, "sent_last_hour": 3})
-    );
+    assert_eq!(stats["rates"]["sent_last_minute"], 2);
+    assert_eq!(stats["rates"]["sent_last_hour"], 3);
+    // Minute by minute, oldest first: 30 minutes ago and the last minute.
+    let mut per_minute = vec![0; 60];
+    per_minute[29] = 1;
+    per_minute[59] = 2;
+    assert_eq!(stats["rates"]["sent_per_minute"], json!(per_minute));
 
     let (status, health) = api.get("/api/health").await;
     assert_eq!(status, 200, "{health}");

@@ -334,6 +334,18 @@ pub struct HttpReply {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// Every header as sent (names as written by the server).
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Bounds one request to the relay's HTTP port.
@@ -394,16 +406,18 @@ pub async fn http_request(
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
         .expect("a status line");
-    let content_type = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.trim().to_owned())
-        .unwrap_or_default();
-    HttpReply {
+        .map(|(name, value)| (name.to_owned(), value.trim().to_owned()))
+        .collect();
+    let mut reply = HttpReply {
         status,
-        content_type,
+        content_type: String::new(),
         body: body.to_owned(),
-    }
+        headers,
+    };
+    reply.content_type = reply.header("content-type").unwrap_or_default().to_owned();
+    reply
 }
 
 /// Collects a child's stderr lines as they come.

@@ -3,6 +3,9 @@
 //! filters) and `DELETE /api/messages/{key}`. Replays run the CLI's own
 //! `replay` statement; pending and sent rows belong to the relay and are
 //! refused with 409. Every change is logged at info with who asked (audit).
+//! A replay also makes the relay ask the broker again about exchanges it
+//! found missing (`Broker::recheck_unusable_exchanges`): replays follow
+//! fixes, which a cached answer must not hide.
 
 use super::error::ApiError;
 use super::messages::not_found;
@@ -53,6 +56,7 @@ pub async fn replay_one(
     let id = resolve(&api, &key).await?;
     match api.outbox.replay_one(id).await? {
         Change::Done => {
+            api.broker.recheck_unusable_exchanges();
             api.wake.notify_one();
             tracing::info!(action = "replay", %peer, id, "API: dead row made pending again");
             Ok(json(StatusCode::OK, &json!({ "replayed": [id] })))
@@ -76,6 +80,7 @@ pub async fn replay_dead(
         api.outbox.replay(Some(&ids)).await?
     };
     if !replayed.is_empty() {
+        api.broker.recheck_unusable_exchanges();
         api.wake.notify_one();
     }
     tracing::info!(action = "replay_dead", %peer, filter = ?filter, count = replayed.len(), more,

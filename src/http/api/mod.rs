@@ -6,8 +6,9 @@
 //! Invariants owned here:
 //! - the API is served only with `--admin-token`, or when the port is bound
 //!   to loopback ([`served`]); elsewhere `/api` does not exist (404) and
-//!   `run` warns how to enable it. Admission rules (token, loopback host,
-//!   same-origin JSON writes) are `auth`'s;
+//!   `run` warns how to enable it. Admission rules (token or console
+//!   session, loopback host, same-origin JSON writes, CSRF) are
+//!   `crate::http::auth`'s, shared with the console;
 //! - it reads and writes through its own small pool, so browsing never
 //!   takes the probes' or the workers' connections; its SQL is the
 //!   `outbox` module's (bound values, index paths, a statement timeout);
@@ -16,7 +17,6 @@
 //! - it changes dead rows only, and logs every change at info (audit).
 
 mod actions;
-mod auth;
 mod error;
 mod messages;
 mod openapi;
@@ -27,6 +27,7 @@ pub use error::{ApiError, http_status};
 pub use params::{DEFAULT_LIMIT, MAX_LIMIT};
 
 use super::Probes;
+use super::auth::{self, Gate};
 use crate::amqp::Broker;
 use crate::outbox::Outbox;
 use axum::Router;
@@ -91,9 +92,8 @@ pub fn served(addr: SocketAddr, token: bool) -> bool {
     token || addr.ip().is_loopback()
 }
 
-/// The `/api` routes, behind admission.
-pub(crate) fn router(settings: ApiSettings, probes: Arc<Probes>) -> Router {
-    let gate = Arc::new(auth::Gate::new(settings.token.as_deref()));
+/// The `/api` routes, behind admission by `gate`.
+pub(crate) fn router(settings: ApiSettings, probes: Arc<Probes>, gate: Arc<Gate>) -> Router {
     let state = Arc::new(ApiState {
         outbox: settings.outbox,
         broker: settings.broker,

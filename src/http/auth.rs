@@ -1,17 +1,24 @@
-//! Admission to the JSON API, before a request reaches a handler:
-//! - with `--admin-token`: every request carries `Authorization: Bearer
-//!   <token>`, compared in constant time, else 401;
+//! Admission to the JSON API and the console, before a request reaches a
+//! handler:
+//! - with `--admin-token`: a request carries `Authorization: Bearer
+//!   <token>`, compared in constant time, or else the console's session
+//!   cookie ([`super::session`]), else 401. When an `Authorization` header
+//!   is present it alone decides. A write admitted by the cookie must also
+//!   carry its session's `X-CSRF-Token` (403): a browser sends cookies on
+//!   its own, a header only when the page's script adds it;
 //! - without one (the API is then served on loopback only, see
-//!   [`super::served`]): the `Host` must name a loopback host, else 403, so
-//!   that a web page whose domain was re-pointed at 127.0.0.1 (DNS
+//!   [`super::api::served`]): the `Host` must name a loopback host, else
+//!   403, so that a web page whose domain was re-pointed at 127.0.0.1 (DNS
 //!   rebinding) cannot reach the API through the operator's browser;
+//!   cookies are ignored (there are no sessions);
 //! - writes (POST, DELETE) must come from the port's own origin: an
 //!   `Origin` header, when present, must be `http(s)://<Host>` (403), and
 //!   the Content-Type must be `application/json` (415), which a browser
 //!   sends cross-origin only after a CORS preflight this port never
 //!   grants. Together they refuse cross-site request forgery.
 
-use super::error::ApiError;
+use super::api::ApiError;
+use super::session::{NoRandom, Sessions};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -20,40 +27,96 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// What the API admits.
-#[derive(Clone)]
+/// What the API and the console admit.
 pub struct Gate {
+    token: Option<TokenGate>,
+}
+
+/// Admission with `--admin-token`.
+struct TokenGate {
     /// `Bearer <token>`, as the header must read.
-    expected: Option<Arc<[u8]>>,
+    expected: Box<[u8]>,
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
-            .field("token", &self.expected.as_ref().map(|_| "***"))
+            .field("token", &self.token.as_ref().map(|_| "***"))
             .finish()
     }
 }
 
+/// Whether a request changes something.
+pub fn is_write(method: &Method) -> bool {
+    method == Method::POST || method == Method::DELETE || method == Method::PUT
+}
+
 impl Gate {
-    pub fn new(token: Option<&str>) -> Self {
-        Self {
-            expected: token.map(|t| format!("Bearer {t}").into_bytes().into()),
-        }
+    pub fn new(token: Option<&str>) -> Result<Self, NoRandom> {
+        let token = match token {
+            Some(t) => Some(TokenGate {
+                expected: format!("Bearer {t}").into_bytes().into(),
+                sessions: Sessions::new()?,
+            }),
+            None => None,
+        };
+        Ok(Self { token })
+    }
+
+    /// The login sessions, when a token is set (else there are none).
+    pub fn sessions(&self) -> Option<&Sessions> {
+        self.token.as_ref().map(|t| &t.sessions)
+    }
+
+    /// Whether `given` is the admin token (constant time); false without one.
+    pub fn is_token(&self, given: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| bool::from(format!("Bearer {given}").as_bytes().ct_eq(&t.expected)))
     }
 
     /// Why `method` with `headers` is refused, if it is.
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-        match &self.expected {
-            Some(expected) => bearer(headers, expected)?,
+        let write = is_write(method);
+        match &self.token {
+            Some(token) => token.check(headers, write)?,
             None => loopback_host(headers)?,
         }
-        if method == Method::POST || method == Method::DELETE || method == Method::PUT {
+        if write {
             same_origin(headers)?;
             json_content(headers)?;
         }
         Ok(())
     }
+}
+
+impl TokenGate {
+    fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+        if let Some(given) = headers.get(header::AUTHORIZATION) {
+            if bool::from(given.as_bytes().ct_eq(&self.expected)) {
+                return Ok(());
+            }
+            return Err(unauthorized());
+        }
+        let Some(session) = self.sessions.find(headers) else {
+            return Err(unauthorized());
+        };
+        if write && !self.sessions.csrf_matches(session, headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a write with the console's session cookie needs its page's X-CSRF-Token header",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (Authorization: Bearer <the --admin-token>), and no console session",
+    )
 }
 
 /// The middleware around every `/api` route.
@@ -66,19 +129,6 @@ pub async fn admit(State(gate): State<Arc<Gate>>, request: Request, next: Next) 
     next.run(request).await
 }
 
-fn bearer(headers: &HeaderMap, expected: &[u8]) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .map_or(&[][..], |v| v.as_bytes());
-    if bool::from(given.ct_eq(expected)) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (Authorization: Bearer <the --admin-token>)",
-    ))
-}
-
 /// The host part of a `Host` header value (`name:port`, `[v6]:port`).
 fn host_name(authority: &str) -> &str {
     if let Some(v6) = authority.strip_prefix('[') {
@@ -89,7 +139,7 @@ fn host_name(authority: &str) -> &str {
         .map_or(authority, |(name, _port)| name)
 }
 
-fn loopback_host(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn loopback_host(headers: &HeaderMap) -> Result<(), ApiError> {
     // No Host: not a browser (browsers always send one), so not rebinding.
     let Some(host) = headers.get(header::HOST) else {
         return Ok(());
@@ -106,7 +156,7 @@ fn loopback_host(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -160,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_token_is_required_exactly_when_one_is_set() {
-        let gate = Gate::new(Some("s3cret"));
+        let gate = Gate::new(Some("s3cret")).unwrap();
         let right = headers(&[(header::AUTHORIZATION, "Bearer s3cret")]);
         assert!(gate.check(&Method::GET, &right).is_ok());
         for wrong in ["Bearer s3cre", "Bearer s3cret2", "bearer s3cret", "s3cret"] {
@@ -175,7 +225,7 @@ mod tests {
 
     #[test]
     fn without_a_token_only_loopback_hosts_are_answered() {
-        let gate = Gate::new(None);
+        let gate = Gate::new(None).unwrap();
         for host in [
             "127.0.0.1:9464",
             "localhost:80",
@@ -199,7 +249,7 @@ mod tests {
 
     #[test]
     fn writes_need_the_ports_own_origin_and_a_json_content_type() {
-        let gate = Gate::new(None);
+        let gate = Gate::new(None).unwrap();
         let ok = [
             (header::HOST, "127.0.0.1:9464"),
             (header::CONTENT_TYPE, "application/json; charset=utf-8"),
@@ -242,5 +292,62 @@ mod tests {
         // Reads need neither.
         let foreign_read = [ok[0].clone(), (header::ORIGIN, "http://evil.example")];
         assert!(gate.check(&Method::GET, &headers(&foreign_read)).is_ok());
+    }
+
+    #[test]
+    fn a_session_cookie_admits_reads_and_writes_need_its_csrf_token() {
+        let gate = Gate::new(Some("s3cret")).unwrap();
+        let sessions = gate.sessions().unwrap();
+        let session = sessions.issue().unwrap();
+        let csrf = sessions.csrf(&session);
+        let mut read = HeaderMap::new();
+        read.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{}={session}", super::super::session::COOKIE)).unwrap(),
+        );
+        assert!(gate.check(&Method::GET, &read).is_ok());
+        let mut write = read.clone();
+        write.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let refused = gate.check(&Method::POST, &write).unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        let mut wrong = write.clone();
+        wrong.insert("x-csrf-token", HeaderValue::from_static("guess"));
+        let refused = gate.check(&Method::DELETE, &wrong).unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        let mut right = write.clone();
+        right.insert("x-csrf-token", HeaderValue::from_str(&csrf).unwrap());
+        assert!(gate.check(&Method::POST, &right).is_ok());
+        // An Authorization header decides alone, even beside a good cookie.
+        let mut bad_bearer = read.clone();
+        bad_bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer no"));
+        let refused = gate.check(&Method::GET, &bad_bearer).unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        // A bearer write needs no CSRF token.
+        let bearer = headers(&[
+            (header::AUTHORIZATION, "Bearer s3cret"),
+            (header::CONTENT_TYPE, "application/json"),
+        ]);
+        assert!(gate.check(&Method::POST, &bearer).is_ok());
+    }
+
+    #[test]
+    fn the_login_token_is_compared_whole_and_without_a_token_there_is_no_login() {
+        let gate = Gate::new(Some("s3cret")).unwrap();
+        assert!(gate.is_token("s3cret"));
+        for wrong in ["", "s3cre", "s3cret ", "S3CRET"] {
+            assert!(!gate.is_token(wrong), "{wrong:?}");
+        }
+        let open = Gate::new(None).unwrap();
+        assert!(open.sessions().is_none());
+        assert!(!open.is_token(""));
+        // Without a token a cookie grants nothing beyond the loopback rule.
+        let given = headers(&[
+            (header::HOST, "evil.example"),
+            (header::COOKIE, "outbox_session=x"),
+        ]);
+        assert!(open.check(&Method::GET, &given).is_err());
     }
 }

@@ -1,0 +1,393 @@
+// The outbox-relay console: reads the JSON API of its own origin and
+// writes every value it shows as text (textContent, text nodes), never as
+// markup: payloads, headers, names and errors are data.
+'use strict';
+
+(function () {
+  const REFRESH_MS = 5000;
+  const DEAD_SHOWN = 20;
+  const SVG = 'http://www.w3.org/2000/svg';
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const admitted = document.body.dataset.admitted;
+  const $ = (id) => document.getElementById(id);
+
+  // ---- the API --------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  // One API call; writes carry the session's CSRF token. 401 with a
+  // session means it ended: back to the login.
+  async function api(method, path) {
+    const headers = { Accept: 'application/json' };
+    const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+    if (method !== 'GET') {
+      headers['Content-Type'] = 'application/json';
+      if (csrf) headers['X-CSRF-Token'] = csrf;
+      init.body = '';
+    }
+    const response = await fetch(path, init);
+    if (response.status === 401 && admitted === 'token') {
+      window.location.assign('/login');
+      throw new ApiError(401, 'the session ended; log in again');
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    return { status: response.status, ok: response.ok, body };
+  }
+
+  async function apiOk(method, path) {
+    const reply = await api(method, path);
+    if (!reply.ok) {
+      const message = reply.body && reply.body.error ? reply.body.error : 'HTTP ' + reply.status;
+      throw new ApiError(reply.status, message);
+    }
+    return reply.body;
+  }
+
+  // ---- building the page ------------------------------------------------
+
+  // An element with attributes, handlers (on*) and children (strings
+  // become text nodes).
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null) continue;
+      if (name === 'class') node.className = value;
+      else if (name === 'text') node.textContent = value;
+      else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, String(value));
+    }
+    for (const child of children) {
+      if (child === undefined || child === null) continue;
+      node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function setText(id, text) {
+    $(id).textContent = text;
+  }
+
+  function notice(message, bad) {
+    const box = $('notice');
+    box.textContent = message;
+    box.className = bad ? 'notice bad' : 'notice';
+    box.hidden = !message;
+  }
+
+  const pad = (n) => String(n).padStart(2, '0');
+
+  // An RFC 3339 time of the API as local time; infinities as stored.
+  function when(value) {
+    if (!value) return '';
+    const date = new Date(value.replace(/(\.\d{3})\d+/, '$1'));
+    if (Number.isNaN(date.getTime())) return value;
+    return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate()) + ' ' +
+      pad(date.getHours()) + ':' + pad(date.getMinutes()) + ':' + pad(date.getSeconds());
+  }
+
+  function timeCell(value, cls) {
+    return el('td', { class: cls, title: value || undefined, text: when(value) });
+  }
+
+  function age(seconds) {
+    const s = Math.floor(seconds);
+    if (s < 60) return s + ' s';
+    if (s < 3600) return Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ' + pad(Math.floor(s % 3600 / 60)) + ' min';
+    return Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
+  }
+
+  const count = (n) => Number(n).toLocaleString('en-US');
+
+  function route(row) {
+    return (row.exchange === '' ? '(default)' : row.exchange) + ' → ' + row.routing_key;
+  }
+
+  function stateBadge(state) {
+    return el('span', { class: 'state ' + state, text: state });
+  }
+
+  // ---- the overview -----------------------------------------------------
+
+  function showStats(stats) {
+    setText('pending-due', count(stats.pending.due));
+    setText('pending-delayed', count(stats.pending.delayed));
+    setText('oldest-age', stats.pending.total > 0 ? age(stats.pending.oldest_age_seconds) : '–');
+    setText('sent-hour', count(stats.rates.sent_last_hour));
+    setText('sent-minute', count(stats.rates.sent_last_minute) + ' in the last minute');
+    setText('dead-count', count(stats.dead));
+    $('dead-count').parentElement.classList.toggle('alert', stats.dead > 0);
+    drawChart(stats.rates.sent_per_minute || []);
+    const rows = stats.top_pending.map((r) =>
+      el('tr', {},
+        el('td', { text: r.exchange === '' ? '(default)' : r.exchange }),
+        el('td', { text: r.routing_key }),
+        el('td', { class: 'num', text: count(r.count) })));
+    $('routes').tBodies[0].replaceChildren(...rows);
+    $('routes-empty').hidden = rows.length > 0;
+  }
+
+  // Bars of the per-minute series (oldest first), scaled to its maximum,
+  // drawn in the chart's own CSS pixels so that its labels keep their size
+  // from a phone to a desktop.
+  let lastSeries = [];
+  function drawChart(perMinute) {
+    lastSeries = perMinute;
+    const chart = $('chart');
+    const width = Math.max(240, Math.round(chart.clientWidth || 640));
+    const height = 150, left = 44, right = 6, top = 10, bottom = 22;
+    chart.setAttribute('viewBox', '0 0 ' + width + ' ' + height);
+    const plotW = width - left - right, plotH = height - top - bottom;
+    const max = niceCeiling(Math.max(1, ...perMinute));
+    const step = plotW / Math.max(1, perMinute.length);
+    const nodes = [];
+    for (const frac of max >= 2 ? [0, 0.5, 1] : [0, 1]) {
+      const y = top + plotH * (1 - frac);
+      nodes.push(svg('line', { class: 'axis', x1: left, x2: width - right, y1: y, y2: y }));
+      nodes.push(svg('text', { class: 'tick', x: left - 6, y: y + 4, 'text-anchor': 'end' },
+        count(Math.round(max * frac))));
+    }
+    perMinute.forEach((n, i) => {
+      if (n <= 0) return;
+      const h = Math.max(1, plotH * n / max);
+      const ago = perMinute.length - 1 - i;
+      const bar = svg('rect', {
+        class: 'bar-rect', x: left + i * step + 1, y: top + plotH - h,
+        width: Math.max(1, step - 2), height: h, 'data-minute': i, 'data-count': n,
+      });
+      bar.append(svg('title', {}, count(n) + ' sent ' + (ago === 0 ? 'in the last minute' : ago + ' to ' + (ago + 1) + ' min ago')));
+      nodes.push(bar);
+    });
+    for (const [i, label, anchor] of [[0, '60 min ago', 'start'], [perMinute.length / 2, '30 min', 'middle'], [perMinute.length, 'now', 'end']]) {
+      nodes.push(svg('text', { class: 'tick', x: left + i * step, y: height - 6, 'text-anchor': anchor }, label));
+    }
+    chart.replaceChildren(...nodes);
+  }
+
+  // The smallest of 1, 2, 5 times a power of ten at or above n: the
+  // chart's top, so that its middle line is a whole number too.
+  function niceCeiling(n) {
+    const power = Math.pow(10, Math.floor(Math.log10(n)));
+    for (const m of [1, 2, 5, 10]) {
+      if (m * power >= n) return m * power;
+    }
+    return 10 * power;
+  }
+
+  function showHealth(reply) {
+    const pill = $('health');
+    const body = reply.body || {};
+    if (reply.ok && body.status === 'ok') {
+      pill.textContent = 'healthy';
+      pill.className = 'pill ok';
+      pill.title = '';
+      return;
+    }
+    const failing = Object.entries(body.checks || {})
+      .filter(([, check]) => !check.ok)
+      .map(([name, check]) => name + (check.error ? ': ' + check.error : ''));
+    pill.textContent = failing.length ? 'failing: ' + failing.map((f) => f.split(':')[0]).join(', ') : 'failing';
+    pill.className = 'pill bad';
+    pill.title = failing.join('\n');
+  }
+
+  function showDead(page) {
+    const rows = page.items.map((row) =>
+      el('tr', { 'data-id': row.id, 'data-message-id': row.message_id },
+        timeCell(row.dead_at),
+        el('td', {}, el('button', { type: 'button', class: 'link', text: row.message_id, onclick: () => openDetail(row.id) })),
+        el('td', { class: 'route', text: route(row) }),
+        el('td', { class: 'num', text: String(row.attempts) }),
+        el('td', { class: 'error', text: row.last_error || '' }),
+        el('td', {}, el('button', { type: 'button', class: 'replay', text: 'Replay', onclick: (e) => replay(row, e.target) }))));
+    $('dead').tBodies[0].replaceChildren(...rows);
+    $('dead-empty').hidden = rows.length > 0;
+    setText('dead-note', page.next_cursor ? '(the ' + DEAD_SHOWN + ' newest)' : '');
+  }
+
+  let refreshing = false;
+  async function refresh() {
+    if (refreshing) return;
+    refreshing = true;
+    try {
+      const [stats, health, dead] = await Promise.all([
+        apiOk('GET', '/api/stats'),
+        api('GET', '/api/health'),
+        apiOk('GET', '/api/messages?state=dead&limit=' + DEAD_SHOWN),
+      ]);
+      showStats(stats);
+      showHealth(health);
+      showDead(dead);
+      setText('updated', 'updated ' + when(new Date().toISOString()));
+    } catch (e) {
+      if (e.status !== 401) notice('Refresh failed: ' + e.message, true);
+    } finally {
+      refreshing = false;
+    }
+  }
+
+  // ---- writes -------------------------------------------------------------
+
+  async function replay(row, button) {
+    if (button) button.disabled = true;
+    try {
+      await apiOk('POST', '/api/messages/' + encodeURIComponent(row.id) + '/replay');
+      notice('Message ' + row.message_id + ' is pending again: the relay sends it next.', false);
+      if ($('detail').open) $('detail').close();
+      await refresh();
+    } catch (e) {
+      notice('Replay of ' + row.message_id + ' failed: ' + e.message, true);
+      if (button) button.disabled = false;
+    }
+  }
+
+  // ---- search -------------------------------------------------------------
+
+  let cursor = null;
+  let query = '';
+
+  // The form as the list's query; local times become RFC 3339 UTC.
+  function searchQuery() {
+    const params = new URLSearchParams();
+    for (const name of ['message_id', 'routing_key', 'exchange', 'state']) {
+      const value = $('f-' + name).value.trim();
+      if (value) params.set(name, value);
+    }
+    for (const name of ['since', 'until']) {
+      const value = $('f-' + name).value;
+      if (value) params.set(name, new Date(value).toISOString());
+    }
+    return params;
+  }
+
+  function resultRow(row) {
+    return el('tr', { 'data-id': row.id, 'data-message-id': row.message_id },
+      el('td', { class: 'num', text: String(row.id) }),
+      el('td', {}, el('button', { type: 'button', class: 'link', text: row.message_id, onclick: () => openDetail(row.id) })),
+      el('td', {}, stateBadge(row.state)),
+      el('td', { class: 'route', text: route(row) }),
+      timeCell(row.created_at, 'created'),
+      timeCell(row.sent_at, 'sent'),
+      timeCell(row.dead_at, 'dead'),
+      el('td', { class: 'num', text: String(row.attempts) }));
+  }
+
+  async function search(more) {
+    if (!more) {
+      query = searchQuery().toString();
+      cursor = null;
+    }
+    const params = new URLSearchParams(query);
+    params.set('limit', '50');
+    if (more && cursor) params.set('cursor', cursor);
+    $('search-button').disabled = true;
+    try {
+      const page = await apiOk('GET', '/api/messages?' + params.toString());
+      const rows = page.items.map(resultRow);
+      const body = $('results').tBodies[0];
+      if (more) body.append(...rows);
+      else body.replaceChildren(...rows);
+      cursor = page.next_cursor;
+      $('more').hidden = !cursor;
+      const shown = body.rows.length;
+      setText('results-note', shown === 0 ? 'No message matches.' : shown + (cursor ? '+' : '') + ' message' + (shown === 1 ? '' : 's') + ', newest first.');
+      notice('', false);
+    } catch (e) {
+      notice('Search failed: ' + e.message, true);
+    } finally {
+      $('search-button').disabled = false;
+    }
+  }
+
+  // ---- one message --------------------------------------------------------
+
+  async function openDetail(id) {
+    let row;
+    try {
+      row = await apiOk('GET', '/api/messages/' + encodeURIComponent(id));
+    } catch (e) {
+      notice('Message ' + id + ': ' + e.message, true);
+      return;
+    }
+    setText('detail-title', 'Message ' + row.id);
+    const fields = [
+      ['message_id', row.message_id], ['state', row.state],
+      ['exchange', row.exchange === '' ? '(default)' : row.exchange], ['routing key', row.routing_key],
+      ['content type', row.content_type || ''], ['size', count(row.size) + ' bytes'],
+      ['attempts', String(row.attempts)], ['last error', row.last_error || ''],
+      ['created', when(row.created_at)], ['available', when(row.available_at)],
+      ['sent', when(row.sent_at)], ['dead', when(row.dead_at)],
+    ];
+    $('detail-fields').replaceChildren(...fields.flatMap(([name, value]) =>
+      [el('dt', { text: name }), el('dd', { text: value || '–' })]));
+    setText('detail-headers', JSON.stringify(row.headers, null, 2));
+    setText('detail-payload', prettyPayload(row));
+    setText('detail-payload-note', row.payload_encoding === 'base64'
+      ? '(binary, base64' + (row.payload_truncated ? ', first 64 KiB of ' + count(row.size) + ' bytes' : '') + ')'
+      : '');
+    const button = $('detail-replay');
+    button.hidden = row.state !== 'dead';
+    button.disabled = false;
+    button.onclick = () => replay(row, button);
+    $('detail').showModal();
+  }
+
+  // JSON payloads indented; everything else as it came.
+  function prettyPayload(row) {
+    if (row.payload_encoding === 'text' && /json/i.test(row.content_type || '')) {
+      try {
+        return JSON.stringify(JSON.parse(row.payload), null, 2);
+      } catch (_) {
+        return row.payload;
+      }
+    }
+    return row.payload;
+  }
+
+  // ---- wiring ---------------------------------------------------------------
+
+  async function logout() {
+    try {
+      await apiOk('POST', '/logout');
+    } finally {
+      window.location.assign('/login');
+    }
+  }
+
+  $('search').addEventListener('submit', (e) => {
+    e.preventDefault();
+    search(false);
+  });
+  $('search').addEventListener('reset', () => {
+    $('results').tBodies[0].replaceChildren();
+    $('more').hidden = true;
+    setText('results-note', '');
+  });
+  $('more').addEventListener('click', () => search(true));
+  window.addEventListener('resize', () => drawChart(lastSeries));
+  $('detail-close').addEventListener('click', () => $('detail').close());
+  $('logout').hidden = admitted !== 'token';
+  $('logout').addEventListener('click', logout);
+
+  refresh();
+  setInterval(() => {
+    if (!document.hidden) refresh();
+  }, REFRESH_MS);
+}());

@@ -1,0 +1,222 @@
+//! The console: a web page at `GET /` over the JSON API (the backlog, the
+//! throughput of the last hour, a search, one message with its payload,
+//! the dead letters and their replay), plain HTML, CSS and JavaScript
+//! embedded in the binary (`assets/`): nothing is fetched from elsewhere.
+//!
+//! Invariants owned here:
+//! - the console is served exactly where the API is (`api::served`), and
+//!   admitted as the API is (`super::auth`): without a token on a loopback
+//!   `Host` only; with `--admin-token`, after a login at `/login` that
+//!   compares the token in constant time and sets the session cookie of
+//!   `super::session` (never the token itself);
+//! - the page receives its session's CSRF token in a `<meta>` tag and
+//!   sends it with every write; the page is never cached (it carries that
+//!   token);
+//! - payloads and every other value of a row are data: the script writes
+//!   them as text nodes only, and the Content-Security-Policy allows no
+//!   inline script, no other origin and no framing (a Replay button cannot
+//!   be clickjacked).
+
+use super::auth::{self, Gate};
+use super::session;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const INDEX: &str = include_str!("assets/index.html");
+const LOGIN: &str = include_str!("assets/login.html");
+const STYLE: &str = include_str!("assets/console.css");
+const SCRIPT: &str = include_str!("assets/console.js");
+
+/// The largest login form read: a token, not a document.
+const LOGIN_BODY: usize = 4096;
+
+/// What the page may load and do: its own script, style and API only.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+    frame-ancestors 'none'; base-uri 'none'";
+
+type Shared = State<Arc<Gate>>;
+
+/// The console's routes; admission is per handler (a page redirects to the
+/// login where the API would answer 401).
+pub(crate) fn router(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/console/console.css", get(style))
+        .route("/console/console.js", get(script))
+        .with_state(gate)
+}
+
+async fn page(State(gate): Shared, headers: HeaderMap) -> Response {
+    match gate.sessions() {
+        Some(sessions) => match sessions.find(&headers) {
+            Some(session) => html(StatusCode::OK, &index(&sessions.csrf(session), "token")),
+            None => see_other("/login"),
+        },
+        None => match auth::loopback_host(&headers) {
+            Ok(()) => html(StatusCode::OK, &index("", "loopback")),
+            Err(refused) => refused.into_response(),
+        },
+    }
+}
+
+/// The page, with its session's CSRF token (base64url: nothing to escape)
+/// and how it was admitted.
+fn index(csrf: &str, admitted: &str) -> String {
+    INDEX
+        .replace("{{csrf}}", csrf)
+        .replace("{{admitted}}", admitted)
+}
+
+/// The login page with `error` (one of this module's fixed sentences).
+fn login_page(status: StatusCode, error: &'static str) -> Response {
+    html(status, &LOGIN.replace("{{error}}", error))
+}
+
+async fn login_form(State(gate): Shared, headers: HeaderMap) -> Response {
+    match gate.sessions() {
+        Some(sessions) if sessions.find(&headers).is_none() => login_page(StatusCode::OK, ""),
+        // Logged in already, or no token (then there is nothing to log into).
+        _ => see_other("/"),
+    }
+}
+
+async fn login(
+    State(gate): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(sessions) = gate.sessions() else {
+        return see_other("/");
+    };
+    // Another site cannot log a browser into its own session here.
+    if let Err(refused) = auth::same_origin(&headers) {
+        return refused.into_response();
+    }
+    let Ok(form) = axum::body::to_bytes(body, LOGIN_BODY).await else {
+        return login_page(StatusCode::PAYLOAD_TOO_LARGE, "That form is too large.");
+    };
+    let token = url::form_urlencoded::parse(&form)
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    if !gate.is_token(&token) {
+        tracing::warn!(action = "login", %peer, "console: login refused (not the admin token)");
+        return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
+    }
+    let value = match sessions.issue() {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::error!(error = %e, "console: no session issued");
+            return login_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No session could be made.",
+            );
+        }
+    };
+    tracing::info!(action = "login", %peer, "console: logged in");
+    // The port speaks plain HTTP only: a Secure cookie would never come back.
+    with_cookie(see_other("/"), &session::set_cookie(&value, false))
+}
+
+/// Ends the session in the browser (the value stays valid until it
+/// expires: sessions are not stored, see `session`). A write: it needs the
+/// session's CSRF token like any other.
+async fn logout(State(gate): Shared, headers: HeaderMap) -> Response {
+    if gate.sessions().is_none() {
+        return see_other("/");
+    }
+    if let Err(refused) = gate.check(&Method::POST, &headers) {
+        return refused.into_response();
+    }
+    with_cookie(
+        StatusCode::NO_CONTENT.into_response(),
+        &session::clear_cookie(),
+    )
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn html(status: StatusCode, body: &str) -> Response {
+    let mut response = (status, body.to_owned()).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        // Not no-referrer: under it a browser sends `Origin: null` with
+        // the login form, which the same-origin rule must refuse.
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn see_other(location: &'static str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, HeaderValue::from_static(location))],
+    )
+        .into_response()
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    match HeaderValue::from_str(cookie) {
+        Ok(value) => {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+            response
+        }
+        // Session values are base64url and digits: always a valid header.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_takes_its_csrf_token_and_names_no_other_origin() {
+        let page = index("abc_-123", "token");
+        assert!(page.contains(r#"<meta name="csrf-token" content="abc_-123">"#));
+        assert!(!page.contains("{{"));
+        assert!(!LOGIN.replace("{{error}}", "").contains("{{"));
+        for asset in [INDEX, LOGIN, STYLE, SCRIPT] {
+            // The SVG namespace is a name, not a fetch.
+            let asset = asset.replace("http://www.w3.org/2000/svg", "");
+            assert!(!asset.contains("http://"), "no absolute URLs");
+            assert!(!asset.contains("https://"), "no absolute URLs");
+        }
+        assert!(!SCRIPT.contains("innerHTML"), "data is written as text");
+    }
+}
