@@ -21,8 +21,8 @@ pub const MAX_WORKER_QUEUE: usize = 255 - ".retry".len();
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Delivery to the worker application")]
 pub struct WorkerArgs {
-    /// The worker application's gRPC server (e.g. http://127.0.0.1:8080):
-    /// turns delivery on. The relay consumes the queues of the services the
+    /// The worker application's gRPC server (e.g. http://127.0.0.1:8080;
+    /// plaintext, as within a pod): turns delivery on. The relay consumes the queues of the services the
     /// worker implements (from --worker-descriptor-set or
     /// --worker-reflection) and calls each message's method there; a message
     /// is acked only once the worker answered OK.
@@ -166,6 +166,11 @@ mod tests {
             "--worker-reflection",
         ];
         run(&reflected).unwrap().validate().unwrap();
+        let tls = ["--worker-addr", "https://w:1", "--worker-reflection"];
+        assert_eq!(
+            run(&tls).unwrap().validate(),
+            Err(ConfigError::WorkerScheme)
+        );
         let zero = [&reflected[..], &["--worker-timeout", "0s"]].concat();
         let e = run(&zero).unwrap().validate().unwrap_err();
         assert_eq!(e, ConfigError::ZeroDuration("worker-timeout"));

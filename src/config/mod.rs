@@ -402,6 +402,10 @@ pub enum ConfigError {
         "--worker-addr needs the services the worker implements: --worker-descriptor-set or --worker-reflection"
     )]
     WorkerServices,
+    #[error(
+        "--worker-addr must be an http:// URL: the worker is called in plaintext, as a sidecar calls its own pod over loopback"
+    )]
+    WorkerScheme,
 }
 
 /// Smallest `--grpc-max-request-size`: room for a message's envelope.
@@ -447,6 +451,11 @@ impl RunArgs {
             ));
         }
         let worker = &self.worker;
+        if let Some(addr) = &worker.worker_addr
+            && !addr.0.starts_with("http://")
+        {
+            return Err(ConfigError::WorkerScheme);
+        }
         if worker.worker_addr.is_some()
             && worker.worker_descriptor_sets.is_empty()
             && !worker.worker_reflection

@@ -27,7 +27,7 @@ use lapin::types::FieldTable;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -128,19 +128,28 @@ pub async fn run(
         requeue(&delivery.acker).await;
         shared.metrics.record_delivery(DeliveryOutcome::Requeued);
     }
+    // Calls in flight have their own deadline; a stop meanwhile shortens
+    // the wait to the shutdown's.
     let deadline = match end {
         End::Stopped => drain_until(),
         _ => Instant::now() + shared.settings.call_timeout + shared.settings.confirm_timeout,
     };
-    let _ = timeout_at(deadline, async {
+    let drained = timeout_at(deadline, async {
         while let Some((tag, settled)) = inflight.next().await {
             pending.remove(&tag);
             if let Ok(DeliveryOutcome::Ok) = record(shared, settled) {
                 delivered = true;
             }
         }
-    })
-    .await;
+    });
+    let stopped = async {
+        stop.cancelled().await;
+        sleep_until(drain_until()).await;
+    };
+    tokio::select! {
+        _ = drained => {}
+        () = stopped => {}
+    }
     drop(inflight);
     if !pending.is_empty() {
         tracing::warn!(
