@@ -185,3 +185,46 @@ async fn an_o5_message_is_unwrapped_and_its_body_delivered_to_the_method_it_name
     worker.stop().await;
     env.drop_schema().await;
 }
+
+#[tokio::test]
+async fn an_o5_topic_call_through_the_ingress_reaches_the_worker_unwrapped_byte_for_byte() {
+    let env = TestEnv::new("dlv_o5_topic").await;
+    let worker = worker(Options::default()).await;
+    let (exchange, own) = (unique("dlv_o5_exchange"), unique("dlv_o5_own"));
+    let url = worker.url();
+    let set = crate::o5topics::O5_DESCRIPTORS;
+    let flags = [
+        "--descriptor-set",
+        set,
+        "--declare-topology",
+        "--o5-exchange",
+        &exchange,
+        "--worker-addr",
+        &url,
+        "--worker-descriptor-set",
+        set,
+        "--worker-queue",
+        &own,
+    ];
+    let relay = crate::sidecar(&env, &flags).await;
+    // foo.v1.BarMessage { text: "hi" }, then an unknown field 9.
+    let body = [0x0a, 0x02, b'h', b'i', 0x48, 0x07];
+    let id = uuid::Uuid::new_v4().to_string();
+    let path = "/foo.v1.FooTopic/Bar";
+    send_through_ingress(&relay, path, &body, &id).await;
+    let calls = calls_once_settled(relay, &worker, 1).await;
+    assert_one(&calls, path, &body, &id);
+    assert_all_settled(&env, &own).await;
+    for queue in [own.clone(), format!("{own}.retry"), format!("{own}.dead")] {
+        let _ = env
+            .channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = env
+        .channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    worker.stop().await;
+    env.drop_schema().await;
+}
