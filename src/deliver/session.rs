@@ -25,6 +25,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::collections::HashSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -52,6 +53,8 @@ pub struct Report {
 
 type Consumed = (Arc<str>, lapin::Result<Delivery>);
 type Stream = Pin<Box<dyn futures::Stream<Item = Consumed> + Send>>;
+type Settling<'a> =
+    Pin<Box<dyn Future<Output = (u64, Result<DeliveryOutcome, SettleError>)> + Send + 'a>>;
 
 /// Declares the plan, consumes until an end, then winds down; `drain_until`
 /// says how long calls in flight may take to finish when stopping.
@@ -61,124 +64,187 @@ pub async fn run(
     stop: &CancellationToken,
     drain_until: impl Fn() -> Instant,
 ) -> Result<Report, BrokerError> {
-    plan::declare(&shared.broker, plan).await?;
-    let channel = shared.broker.open_channel().await?;
-    channel
-        .basic_qos(shared.settings.prefetch, BasicQosOptions { global: false })
-        .await
-        .map_err(BrokerError::Channel)?;
-    let settler = Settler {
-        publisher: shared.broker.publisher().await?,
-        max_attempts: shared.settings.max_attempts,
-        backoff: shared.settings.backoff,
-        confirm_timeout: shared.settings.confirm_timeout,
-    };
-    let mut consumers: SelectAll<Stream> = SelectAll::new();
-    let mut tags = Vec::new();
-    for queue in &plan.queues {
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BrokerError::Channel)?;
-        tags.push(consumer.tag());
-        let queue: Arc<str> = queue.as_str().into();
-        consumers.push(Box::pin(consumer.map(move |d| (queue.clone(), d))));
-    }
-    tracing::info!(queues = ?plan.queues, worker = %shared.worker.addr(), "delivering to the worker");
-
-    let limit = usize::from(shared.settings.prefetch);
-    let mut inflight = FuturesUnordered::new();
-    let mut pending: HashSet<u64> = HashSet::new();
-    let mut delivered = false;
-    let end = loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break End::Stopped,
-            Some((tag, settled)) = inflight.next(), if !inflight.is_empty() => {
-                pending.remove(&tag);
-                match record(shared, settled) {
-                    Ok(DeliveryOutcome::Requeued) => break End::WorkerDown,
-                    Ok(outcome) => delivered |= outcome == DeliveryOutcome::Ok,
-                    Err(e) => break End::Broker(e.to_string()),
-                }
-            }
-            next = consumers.next(), if inflight.len() < limit => match next {
-                Some((queue, Ok(delivery))) => {
-                    pending.insert(delivery.delivery_tag);
-                    inflight.push(deliver(shared, &settler, queue, delivery));
-                }
-                Some((_, Err(e))) => break End::Broker(format!("consuming failed: {e}")),
-                None => break End::Broker("the broker cancelled the consumers".into()),
-            },
-        }
-    };
-
-    // Wind down: no new deliveries; give back what was received but not started.
-    for tag in tags {
-        let _ = channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
-    }
-    while let Some(Some((_, Ok(delivery)))) = consumers.next().now_or_never() {
-        requeue(&delivery.acker).await;
-        shared.metrics.record_delivery(DeliveryOutcome::Requeued);
-    }
-    // Calls in flight have their own deadline; a stop meanwhile shortens
-    // the wait to the shutdown's.
-    let deadline = match end {
-        End::Stopped => drain_until(),
-        _ => Instant::now() + shared.settings.call_timeout + shared.settings.confirm_timeout,
-    };
-    let drained = timeout_at(deadline, async {
-        while let Some((tag, settled)) = inflight.next().await {
-            pending.remove(&tag);
-            if let Ok(DeliveryOutcome::Ok) = record(shared, settled) {
-                delivered = true;
-            }
-        }
-    });
-    let stopped = async {
-        stop.cancelled().await;
-        sleep_until(drain_until()).await;
-    };
-    tokio::select! {
-        _ = drained => {}
-        () = stopped => {}
-    }
-    drop(inflight);
-    if !pending.is_empty() {
-        tracing::warn!(
-            unfinished = pending.len(),
-            "calls still in flight at the deadline: their messages go back to the queue"
-        );
-    }
-    let give_back = BasicNackOptions {
-        multiple: false,
-        requeue: true,
-    };
-    for tag in pending {
-        let _ = channel.basic_nack(tag, give_back).await;
-        shared.metrics.record_delivery(DeliveryOutcome::Requeued);
-    }
-    settler.publisher.close().await;
-    let _ = channel.close(200, "delivery session over".into()).await;
-    Ok(Report { end, delivered })
+    let mut session = Session::open(shared, plan).await?;
+    let end = session.consume(stop).await;
+    Ok(session.wind_down(end, stop, drain_until).await)
 }
 
-/// Counts a settled message; passes on why settling failed.
-fn record(
-    shared: &Shared,
-    settled: Result<DeliveryOutcome, SettleError>,
-) -> Result<DeliveryOutcome, SettleError> {
-    if let Ok(outcome) = &settled {
-        shared.metrics.record_delivery(*outcome);
+/// A channel consuming the plan's queues, and the calls in flight.
+struct Session<'a> {
+    shared: &'a Shared,
+    channel: lapin::Channel,
+    settler: Arc<Settler>,
+    consumers: SelectAll<Stream>,
+    tags: Vec<lapin::types::ShortString>,
+    inflight: FuturesUnordered<Settling<'a>>,
+    /// Delivery tags of the calls in flight.
+    pending: HashSet<u64>,
+    /// The worker answered OK at least once.
+    delivered: bool,
+}
+
+impl<'a> Session<'a> {
+    /// Declares `plan`, sets the prefetch and starts a consumer per queue.
+    async fn open(shared: &'a Shared, plan: &plan::Plan) -> Result<Self, BrokerError> {
+        plan::declare(&shared.broker, plan).await?;
+        let channel = shared.broker.open_channel().await?;
+        channel
+            .basic_qos(shared.settings.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(BrokerError::Channel)?;
+        let settler = Arc::new(Settler {
+            publisher: shared.broker.publisher().await?,
+            max_attempts: shared.settings.max_attempts,
+            backoff: shared.settings.backoff,
+            confirm_timeout: shared.settings.confirm_timeout,
+        });
+        let mut consumers: SelectAll<Stream> = SelectAll::new();
+        let mut tags = Vec::new();
+        for queue in &plan.queues {
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BrokerError::Channel)?;
+            tags.push(consumer.tag());
+            let queue: Arc<str> = queue.as_str().into();
+            consumers.push(Box::pin(consumer.map(move |d| (queue.clone(), d))));
+        }
+        tracing::info!(queues = ?plan.queues, worker = %shared.worker.addr(), "delivering to the worker");
+        Ok(Self {
+            shared,
+            channel,
+            settler,
+            consumers,
+            tags,
+            inflight: FuturesUnordered::new(),
+            pending: HashSet::new(),
+            delivered: false,
+        })
     }
-    settled
+
+    /// Takes deliveries while a call slot is free and settles the calls as
+    /// they end, until something ends the session.
+    async fn consume(&mut self, stop: &CancellationToken) -> End {
+        let limit = usize::from(self.shared.settings.prefetch);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return End::Stopped,
+                Some((tag, settled)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    match self.settled(tag, settled) {
+                        Ok(DeliveryOutcome::Requeued) => return End::WorkerDown,
+                        Ok(_) => {}
+                        Err(e) => return End::Broker(e.to_string()),
+                    }
+                }
+                next = self.consumers.next(), if self.inflight.len() < limit => match next {
+                    Some((queue, Ok(delivery))) => {
+                        self.pending.insert(delivery.delivery_tag);
+                        let settler = self.settler.clone();
+                        self.inflight.push(Box::pin(deliver(self.shared, settler, queue, delivery)));
+                    }
+                    Some((_, Err(e))) => return End::Broker(format!("consuming failed: {e}")),
+                    None => return End::Broker("the broker cancelled the consumers".into()),
+                },
+            }
+        }
+    }
+
+    /// Records a call's end; passes on why settling failed.
+    fn settled(
+        &mut self,
+        tag: u64,
+        settled: Result<DeliveryOutcome, SettleError>,
+    ) -> Result<DeliveryOutcome, SettleError> {
+        self.pending.remove(&tag);
+        if let Ok(outcome) = &settled {
+            self.shared.metrics.record_delivery(*outcome);
+            self.delivered |= *outcome == DeliveryOutcome::Ok;
+        }
+        settled
+    }
+
+    /// Stops consuming, gives back what was received but not started, lets
+    /// the calls in flight end (their own deadline; a stop's when stopping),
+    /// gives back the unfinished and closes.
+    async fn wind_down(
+        mut self,
+        end: End,
+        stop: &CancellationToken,
+        drain_until: impl Fn() -> Instant,
+    ) -> Report {
+        for tag in std::mem::take(&mut self.tags) {
+            let _ = self
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await;
+        }
+        while let Some(Some((_, Ok(delivery)))) = self.consumers.next().now_or_never() {
+            requeue(&delivery.acker).await;
+            self.shared
+                .metrics
+                .record_delivery(DeliveryOutcome::Requeued);
+        }
+        let deadline = match end {
+            End::Stopped => drain_until(),
+            _ => {
+                let settings = &self.shared.settings;
+                Instant::now() + settings.call_timeout + settings.confirm_timeout
+            }
+        };
+        let stopped = async {
+            stop.cancelled().await;
+            sleep_until(drain_until()).await;
+        };
+        let drained = timeout_at(deadline, async {
+            while let Some((tag, settled)) = self.inflight.next().await {
+                let _ = self.settled(tag, settled);
+            }
+        });
+        tokio::select! {
+            _ = drained => {}
+            () = stopped => {}
+        }
+        self.give_back_unfinished().await;
+        if let Ok(settler) = Arc::try_unwrap(self.settler) {
+            settler.publisher.close().await;
+        }
+        let _ = self
+            .channel
+            .close(200, "delivery session over".into())
+            .await;
+        Report {
+            end,
+            delivered: self.delivered,
+        }
+    }
+
+    /// Drops the calls still in flight and gives their messages back.
+    async fn give_back_unfinished(&mut self) {
+        self.inflight = FuturesUnordered::new();
+        if self.pending.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            unfinished = self.pending.len(),
+            "calls still in flight at the deadline: their messages go back to the queue"
+        );
+        let give_back = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        for tag in std::mem::take(&mut self.pending) {
+            let _ = self.channel.basic_nack(tag, give_back).await;
+            self.shared
+                .metrics
+                .record_delivery(DeliveryOutcome::Requeued);
+        }
+    }
 }
 
 /// Calls the worker for one message and settles it; gives its tag back.
@@ -188,7 +254,7 @@ fn record(
 ))]
 async fn deliver(
     shared: &Shared,
-    settler: &Settler,
+    settler: Arc<Settler>,
     queue: Arc<str>,
     delivery: Delivery,
 ) -> (u64, Result<DeliveryOutcome, SettleError>) {
