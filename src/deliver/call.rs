@@ -5,7 +5,7 @@
 //! | answer | verdict |
 //! |---|---|
 //! | OK | ack |
-//! | the connection was refused (the call never reached the worker) | requeue, and stop consuming until the worker is back |
+//! | no connection (refused, timed out: the call never reached the worker) | requeue, and stop consuming until the worker is back |
 //! | INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED, PERMISSION_DENIED | dead-letter at once: sending it again cannot help |
 //! | any other status (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, ...) | retry later, up to `--max-attempts` |
 //!
@@ -41,7 +41,7 @@ impl Verdict {
             Ok(()) => return Self::Ok,
             Err(status) => status,
         };
-        if is_refused(&status) {
+        if never_connected(&status) {
             return Self::Unreachable(status);
         }
         match status.code() {
@@ -54,14 +54,17 @@ impl Verdict {
     }
 }
 
-/// Whether the call failed to connect: a refused TCP connection anywhere in
-/// the error's causes (tonic wraps it as UNAVAILABLE, "transport error").
-fn is_refused(status: &Status) -> bool {
+/// Whether the call failed before reaching the worker: tonic's connect
+/// error, or a refused TCP connection, anywhere in the error's causes
+/// (tonic reports either as UNAVAILABLE, "transport error"). A connection
+/// lost during a call is not this: the worker may have run it.
+fn never_connected(status: &Status) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
+        let refused = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused || error.is::<tonic::ConnectError>() {
             return true;
         }
         cause = error.source();
