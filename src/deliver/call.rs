@@ -32,6 +32,9 @@ pub enum Verdict {
     Dead(Status),
     /// The worker could not be reached at all.
     Unreachable(Status),
+    /// Not for this worker (an o5 reply to another application): acked
+    /// without a call.
+    NotOurs,
 }
 
 impl Verdict {

@@ -6,7 +6,8 @@
 //!   `o5.messaging.v1.Message` as J5 JSON; or the header `proto-type:
 //!   o5.messaging.v1.Message`: its protobuf bytes, as the bridge's protobuf
 //!   wire publishes it) is unwrapped: its `grpc_service` / `grpc_method`
-//!   name the method and its body's value is the request;
+//!   name the method and its body's value is the request (and a reply's
+//!   `reply_to` says which application it is for);
 //! - otherwise the headers `grpc-service` and `grpc-method` (what the
 //!   ingress publishes for a topic call) name it, and the message body is
 //!   the request.
@@ -25,6 +26,7 @@
 use crate::grpc::MESSAGE_ID_METADATA;
 use crate::grpc::o5::j5json;
 use crate::grpc::topology::{HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE};
+use crate::proto::o5::messaging::v1::message::Extension;
 use crate::proto::o5::messaging::v1::{Message, WireEncoding};
 use bytes::Bytes;
 use lapin::BasicProperties;
@@ -62,6 +64,8 @@ pub struct Addressed {
     pub method: String,
     /// The request, as the sender encoded it.
     pub body: Bytes,
+    /// An o5 reply's addressee (`<env>/<app>`), when it names one.
+    pub reply_to: Option<String>,
 }
 
 impl Addressed {
@@ -107,6 +111,7 @@ pub fn address(properties: &BasicProperties, data: &[u8]) -> Result<Addressed, U
                 service,
                 method,
                 body: Bytes::copy_from_slice(data),
+                reply_to: None,
             })
         }
         _ => Err(Unroutable::NoMethod),
@@ -124,10 +129,15 @@ fn unwrap(message: Message) -> Result<Addressed, Unroutable> {
         Ok(other) => return Err(Unroutable::O5Encoding(other.as_str_name().to_owned())),
         Err(_) => return Err(Unroutable::O5Encoding(body.encoding.to_string())),
     }
+    let reply_to = match message.extension {
+        Some(Extension::Reply(reply)) if !reply.reply_to.is_empty() => Some(reply.reply_to),
+        _ => None,
+    };
     Ok(Addressed {
         service: message.grpc_service,
         method: message.grpc_method,
         body: Bytes::from(body.value),
+        reply_to,
     })
 }
 
@@ -256,6 +266,15 @@ mod tests {
         let protobuf = BasicProperties::default().with_headers(typed);
         let bytes = o5(WireEncoding::Unspecified).encode_to_vec();
         assert_eq!(address(&protobuf, &bytes).unwrap(), found);
+        assert_eq!(found.reply_to, None);
+        let mut reply = o5(WireEncoding::Unspecified);
+        reply.extension = Some(Extension::Reply(
+            crate::proto::o5::messaging::v1::message::Reply {
+                reply_to: "prod/shop".into(),
+            },
+        ));
+        let found = address(&protobuf, &reply.encode_to_vec()).unwrap();
+        assert_eq!(found.reply_to.as_deref(), Some("prod/shop"));
     }
 
     #[test]

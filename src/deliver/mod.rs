@@ -67,6 +67,9 @@ pub struct Shared {
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// `<--o5-env>/<--o5-app>`, when both are set: an o5 reply addressed to
+    /// anyone else is not this worker's (o5 replies share a routing key).
+    pub identity: Option<String>,
 }
 
 /// Where the worker's services come from.
@@ -86,6 +89,7 @@ pub struct Deliver {
     services: Services,
     queue: Option<String>,
     o5_exchange: String,
+    identity: Option<String>,
     broker: Arc<Broker>,
     metrics: Arc<Metrics>,
     settings: Settings,
@@ -130,11 +134,16 @@ impl Deliver {
             confirm_timeout: args.confirm_timeout,
             shutdown_timeout: args.shutdown_timeout,
         };
+        let identity = match (&args.grpc.o5_env, &args.grpc.o5_app) {
+            (Some(env), Some(app)) => Some(format!("{env}/{app}")),
+            _ => None,
+        };
         Ok(Some(Self {
             worker,
             services,
             queue,
             o5_exchange,
+            identity,
             broker,
             metrics,
             settings,
@@ -160,6 +169,7 @@ impl Deliver {
             broker: self.broker,
             metrics: self.metrics,
             settings: self.settings,
+            identity: self.identity,
         };
         supervise(&shared, &plan, &stop).await;
         shared.broker.close().await;

@@ -264,6 +264,9 @@ async fn deliver(
     };
     match &verdict {
         Verdict::Ok => {}
+        Verdict::NotOurs => {
+            tracing::debug!("an o5 reply to another application: acked, not delivered")
+        }
         Verdict::Retry(status) | Verdict::Dead(status) => tracing::warn!(
             code = crate::metrics::code_name(status.code()),
             error = status.message(),
@@ -289,6 +292,11 @@ async fn deliver(
 
 /// Calls the method `addressed` names, if the worker implements it.
 async fn call(shared: &Shared, delivery: &Delivery, addressed: Addressed) -> Verdict {
+    if let (Some(me), Some(to)) = (&shared.identity, &addressed.reply_to)
+        && me != to
+    {
+        return Verdict::NotOurs;
+    }
     let path = addressed.path();
     if shared.catalog.lookup(&path).is_none() {
         return Verdict::Dead(Status::unimplemented(format!(

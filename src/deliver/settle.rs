@@ -80,6 +80,7 @@ impl Settler {
         let attempt = attempts(message.properties).saturating_add(1);
         match verdict {
             Verdict::Ok => ack(message.acker).await.map(|()| DeliveryOutcome::Ok),
+            Verdict::NotOurs => ack(message.acker).await.map(|()| DeliveryOutcome::Skipped),
             Verdict::Unreachable(_) => {
                 requeue(message.acker).await;
                 Ok(DeliveryOutcome::Requeued)

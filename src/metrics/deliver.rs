@@ -22,10 +22,19 @@ pub enum DeliveryOutcome {
     /// Given back to its queue unchanged (the worker was unreachable, or the
     /// relay stopped with the call unfinished).
     Requeued,
+    /// Acked without a call: not for this worker (an o5 reply addressed to
+    /// another application).
+    Skipped,
 }
 
 impl DeliveryOutcome {
-    pub const ALL: [Self; 4] = [Self::Ok, Self::Retry, Self::Dead, Self::Requeued];
+    pub const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Retry,
+        Self::Dead,
+        Self::Requeued,
+        Self::Skipped,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,6 +42,7 @@ impl DeliveryOutcome {
             Self::Retry => "retry",
             Self::Dead => "dead",
             Self::Requeued => "requeued",
+            Self::Skipped => "skipped",
         }
     }
 }
@@ -53,7 +63,7 @@ impl DeliverSeries {
         let family = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "deliveries",
-            "Messages delivered to the worker application, by how they were settled: ok (acked after OK), retry (to <queue>.retry), dead (to <queue>.dead), requeued",
+            "Messages delivered to the worker application, by how they were settled: ok (acked after OK), retry (to <queue>.retry), dead (to <queue>.dead), requeued, skipped (not for this worker)",
             family.clone(),
         );
         let outcomes = DeliveryOutcome::ALL.map(|o| {

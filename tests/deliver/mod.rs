@@ -84,22 +84,28 @@ impl Names {
 
     /// Deletes what the relay declared for this test.
     pub async fn clean_up(self, channel: &Channel) {
-        for queue in [&self.billing, &self.own] {
-            for name in [
-                queue.clone(),
-                format!("{queue}.retry"),
-                format!("{queue}.dead"),
-            ] {
-                let _ = channel
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = channel
-            .exchange_delete(self.topic.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+        clean_up(channel, &[&self.billing, &self.own], &self.topic).await;
         let _ = std::fs::remove_file(&self.set);
     }
+}
+
+/// Deletes consumed `queues` with their retry and dead-letter queues, and
+/// `exchange`.
+pub async fn clean_up(channel: &Channel, queues: &[&str], exchange: &str) {
+    for queue in queues {
+        for name in [
+            queue.to_string(),
+            format!("{queue}.retry"),
+            format!("{queue}.dead"),
+        ] {
+            let _ = channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await;
 }
 
 /// The test set with OrderEvents' topic and BillingCommands' worker renamed:

@@ -7,6 +7,7 @@ use super::*;
 use crate::common::grpc::call_raw;
 use outbox_relay::grpc::MESSAGE_ID_METADATA;
 use outbox_relay::grpc::o5::j5json;
+use outbox_relay::proto::o5::messaging::v1::message::{self as o5, Extension};
 use outbox_relay::proto::o5::messaging::v1::{Any, Message};
 use tonic::Request;
 
@@ -215,16 +216,68 @@ async fn an_o5_topic_call_through_the_ingress_reaches_the_worker_unwrapped_byte_
     let calls = calls_once_settled(relay, &worker, 1).await;
     assert_one(&calls, path, &body, &id);
     assert_all_settled(&env, &own).await;
-    for queue in [own.clone(), format!("{own}.retry"), format!("{own}.dead")] {
-        let _ = env
-            .channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = env
-        .channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    clean_up(&env.channel, &[&own], &exchange).await;
+    worker.stop().await;
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn an_o5_reply_reaches_only_the_application_its_reply_to_names() {
+    let env = TestEnv::new("dlv_o5_reply").await;
+    let worker = worker(Options::default()).await;
+    let (exchange, own) = (unique("dlv_o5r_exchange"), unique("dlv_o5r_own"));
+    let url = worker.url();
+    let set = crate::o5topics::O5_DESCRIPTORS;
+    let flags = [
+        "--o5-exchange",
+        &exchange,
+        "--o5-env",
+        "test",
+        "--o5-app",
+        "shop",
+        "--worker-addr",
+        &url,
+        "--worker-descriptor-set",
+        set,
+        "--worker-queue",
+        &own,
+    ];
+    let relay = crate::sidecar(&env, &flags).await;
+    let reply = |to: &str, body: &[u8]| {
+        let message = Message {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            grpc_service: "j5test.v1.GreetingReplyTopic".into(),
+            grpc_method: "Greeted".into(),
+            body: Some(Any {
+                type_url: "type.googleapis.com/j5test.v1.GreetedMessage".into(),
+                value: body.to_vec(),
+                encoding: 0,
+            }),
+            extension: Some(Extension::Reply(o5::Reply {
+                reply_to: to.into(),
+            })),
+            ..Message::default()
+        };
+        let properties = BasicProperties::default()
+            .with_message_id(message.message_id.as_str().into())
+            .with_content_type(j5json::CONTENT_TYPE.into());
+        (j5json::encode(&message).unwrap(), properties)
+    };
+    let (other, properties) = reply("test/other", b"\x12\x05other");
+    publish(&env, "", &own, &other, properties).await;
+    let (ours, properties) = reply("test/shop", b"\x12\x04ours");
+    publish(&env, "", &own, &ours, properties).await;
+    let both = wait_until(WITHIN, || async {
+        deliveries(&relay, "skipped").await == 1.0 && deliveries(&relay, "ok").await == 1.0
+    })
+    .await;
+    assert!(both, "one skipped, one delivered");
+    relay.stop().await.unwrap();
+    let calls = worker.state.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].body.as_ref(), b"\x12\x04ours");
+    assert_all_settled(&env, &own).await;
+    clean_up(&env.channel, &[&own], &exchange).await;
     worker.stop().await;
     env.drop_schema().await;
 }
