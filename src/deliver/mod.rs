@@ -15,7 +15,7 @@
 //!   worker, the relay, the broker connection) the message stays in a
 //!   durable queue, to be delivered again (at least once, never lost);
 //! - the worker is never flooded: at most `--worker-prefetch` calls in
-//!   flight; when it refuses connections, consuming stops ([`session`] ends)
+//!   flight; when it cannot be connected to, consuming stops ([`session`] ends)
 //!   and resumes only once a probe connects, probes backing off (no tight
 //!   loop), messages waiting in their queues meanwhile;
 //! - SIGTERM: consuming stops, calls in flight finish within
@@ -177,7 +177,7 @@ impl Deliver {
 }
 
 /// Runs sessions until `stop`: after a broker failure it backs off, after
-/// the worker refused a connection it probes until the worker is back.
+/// the worker could not be connected to it probes until the worker is back.
 async fn supervise(shared: &Shared, plan: &Plan, stop: &CancellationToken) {
     let mut broker_backoff = ErrorBackoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut probe_backoff = ErrorBackoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -209,7 +209,7 @@ async fn supervise(shared: &Shared, plan: &Plan, stop: &CancellationToken) {
 
 /// Probes the worker, backing off, until it accepts a connection.
 async fn wait_for_worker(shared: &Shared, backoff: &mut ErrorBackoff, stop: &CancellationToken) {
-    tracing::warn!(worker = %shared.worker.addr(), "the worker refuses connections: consuming paused until it is back");
+    tracing::warn!(worker = %shared.worker.addr(), "the worker cannot be connected to: consuming paused until it is back");
     loop {
         sleep_unless_stopped(backoff.next_delay(), stop).await;
         if stop.is_cancelled() {

@@ -6,7 +6,7 @@
 //!   never more than `--worker-prefetch` calls in flight in all (a delivery
 //!   is taken from the consumers only when a call slot is free);
 //! - a session ends when the relay stops, when the worker is unreachable
-//!   (a call's connection was refused), or on a broker failure; it then
+//!   (a call could not connect), or on a broker failure; it then
 //!   cancels its consumers, gives back (nack, requeue) what it had received
 //!   but not started, lets the calls in flight finish and settle until a
 //!   deadline, and gives back the messages of calls still unfinished then.
@@ -37,7 +37,7 @@ use tonic::Status;
 pub enum End {
     /// The relay is stopping.
     Stopped,
-    /// The worker refused a connection: wait until it is back.
+    /// A call could not connect to the worker: wait until it is back.
     WorkerDown,
     /// The broker failed (a consumer ended, a copy or an ack failed).
     Broker(String),
