@@ -281,3 +281,24 @@ async fn an_o5_reply_reaches_only_the_application_its_reply_to_names() {
     worker.stop().await;
     env.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_worker_implementing_a_broadcast_service_without_a_worker_queue_is_refused_at_start() {
+    let env = TestEnv::new("dlv_no_queue").await;
+    let args = env.run_args(&[
+        "--worker-addr",
+        "http://127.0.0.1:1",
+        "--worker-descriptor-set",
+        TEST_DESCRIPTORS,
+    ]);
+    let e = outbox_relay::App::build(args).await.err().expect("refused");
+    assert!(
+        e.downcast_ref::<outbox_relay::deliver::PlanError>()
+            .is_some(),
+        "a configuration error (exit status 2): {e:#}"
+    );
+    let shown = format!("{e:#}");
+    assert!(shown.contains("test.v1.OrderEvents"), "{shown}");
+    assert!(shown.contains("--worker-queue"), "{shown}");
+    env.drop_schema().await;
+}
