@@ -4,10 +4,13 @@
 //!
 //! Shutdown (invariant 6): cancelling the token stops new claims; every
 //! worker finishes the batch it has in flight; `run_until_stopped` returns
-//! once all have, or fails when `--shutdown-timeout` passes first.
+//! once all have, or fails when `--shutdown-timeout` passes first. Delivery
+//! to the worker application (`--worker-addr`) stops consuming and lets its
+//! calls in flight finish within the same deadline.
 
 use crate::amqp::Broker;
 use crate::config::{HttpListen, IngressMode, RunArgs, Wakeup};
+use crate::deliver::Deliver;
 use crate::grpc::Ingress;
 use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
@@ -60,6 +63,8 @@ pub struct App {
     /// One large payload in memory at a time across the workers.
     large_lane: Arc<Semaphore>,
     ingress: Option<Ingress>,
+    /// Delivery to the worker application, with `--worker-addr`.
+    deliver: Option<Deliver>,
     metrics: Arc<Metrics>,
     /// The HTTP port, bound, with the database connections it reads through.
     http: Option<(HttpPort, Outbox)>,
@@ -124,6 +129,13 @@ impl App {
             metrics.clone(),
         )
         .await?;
+        // A connection of its own: one throttled by the broker for
+        // publishing would hold back the consumers' acks too.
+        let deliver = Deliver::build(
+            &args,
+            Arc::new(Broker::new(args.amqp.amqp_url.clone(), SERVICE_TIMEOUT)),
+            metrics.clone(),
+        )?;
         let stopping = CancellationToken::new();
         let http = match args.http.http_addr {
             HttpListen::Off => None,
@@ -159,6 +171,7 @@ impl App {
             health,
             large_lane: Arc::new(Semaphore::new(1)),
             ingress,
+            deliver,
             metrics,
             http,
             stopping,
@@ -238,6 +251,9 @@ impl App {
                     tracing::error!(error = format!("{e:#}"), "gRPC ingress stopped");
                 }
             });
+        }
+        if let Some(deliver) = self.deliver.take() {
+            tracker.spawn(deliver.run(stop.clone()));
         }
         let options = WorkerOptions {
             poll_interval: self.args.poll_interval,

@@ -1,10 +1,13 @@
 //! The one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`,
-//! `replay`, `tail`. Results go to stdout as JSON; logs go to stderr.
+//! `replay`, `tail`, `dead-queue`. Results go to stdout as JSON; logs go to
+//! stderr.
 
 use crate::amqp::table_to_json;
 use crate::config::{
-    AmqpArgs, DbArgs, DeadArgs, MigrateArgs, ReplayArgs, SendArgs, ShowArgs, TailArgs, TriggerState,
+    AmqpArgs, DbArgs, DeadArgs, DeadQueueAction, DeadQueueArgs, MigrateArgs, ReplayArgs, SendArgs,
+    ShowArgs, TailArgs, TriggerState,
 };
+use crate::deliver::dead_queue;
 use crate::outbox::{Inserted, NewMessage, Outbox, PoolOptions, connect_pool, migrate};
 use anyhow::Context;
 use futures::StreamExt;
@@ -207,6 +210,32 @@ pub async fn tail_cmd(args: &TailArgs) -> anyhow::Result<()> {
         delivery.ack(BasicAckOptions::default()).await?;
         seen += 1;
     }
+    Ok(())
+}
+
+/// `outbox-relay dead-queue list|replay|purge`.
+pub async fn dead_queue_cmd(args: &DeadQueueArgs) -> anyhow::Result<()> {
+    let target = args.action.target();
+    let channel = open_channel(&target.amqp).await?;
+    let queue = target.queue.as_str();
+    match &args.action {
+        DeadQueueAction::List(_) => {
+            for message in dead_queue::list(&channel, queue, target.limit).await? {
+                emit(message)?;
+            }
+        }
+        DeadQueueAction::Replay(_) => {
+            let replayed = dead_queue::replay(&channel, queue, target.limit).await?;
+            tracing::info!(queue, replayed, "dead messages moved back to their queue");
+            emit(json!({"queue": queue, "replayed": replayed}))?;
+        }
+        DeadQueueAction::Purge(_) => {
+            let purged = dead_queue::purge(&channel, queue).await?;
+            tracing::info!(queue, purged, "dead messages deleted");
+            emit(json!({"queue": queue, "purged": purged}))?;
+        }
+    }
+    let _ = channel.close(200, "done".into()).await;
     Ok(())
 }
 

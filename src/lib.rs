@@ -16,13 +16,14 @@
 //! | [`telemetry`] | tracing subscriber (text or JSON) on a lossy background writer: logging never blocks or stops relaying |
 //! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
-//! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail` |
+//! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail`, `dead-queue` |
 //! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
 //! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (handlers, the OpenAPI document); the console at `/` (`console/`: the embedded page, its login); admission of both (`auth.rs`: token, loopback, same-origin, CSRF) and the console's sessions (`session.rs`) |
 //! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
 //! | [`relay`] | the step: claim → publish → await confirms → mark; backoff; dead-lettering; the worker loop, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
+//! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); the `dead-queue` command's operations |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
 //! | `proto/` | the gRPC contract and the messaging options (ours, and the o5 / j5 / pentops forms we accept) |
@@ -44,6 +45,7 @@ pub mod amqp;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod deliver;
 pub mod grpc;
 pub mod health;
 pub mod http;

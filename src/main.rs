@@ -38,6 +38,8 @@ fn main() -> ExitCode {
                 .downcast_ref::<outbox_relay::config::ConfigError>()
                 .is_some()
                 || e.downcast_ref::<outbox_relay::grpc::TopologyError>()
+                    .is_some()
+                || e.downcast_ref::<outbox_relay::deliver::PlanError>()
                     .is_some();
             if invalid_config {
                 ExitCode::from(2)
@@ -63,6 +65,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Dead(args) => commands::dead_cmd(&args).await,
         Command::Replay(args) => commands::replay_cmd(&args).await,
         Command::Tail(args) => commands::tail_cmd(&args).await,
+        Command::DeadQueue(args) => commands::dead_queue_cmd(&args).await,
     }
 }
 

@@ -6,12 +6,14 @@
 //! the relations between values. URLs keep their passwords out of `Debug` and
 //! logs.
 
+mod deliver;
 mod grpc;
 mod http;
 mod secrets;
 mod tls;
 mod values;
 
+pub use deliver::{DeadQueueAction, DeadQueueArgs, DeadQueueTarget, MAX_WORKER_QUEUE, WorkerArgs};
 pub use grpc::{
     DEFAULT_GRPC_ADDR, DEFAULT_O5_EXCHANGE, GrpcArgs, GrpcListen, IngressMode, O5Wire,
     ReflectionUrl,
@@ -67,6 +69,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print messages arriving on a queue, as JSON lines (demos, debugging).
     Tail(TailArgs),
+    /// Inspect, replay or purge the dead letters of a queue the relay
+    /// delivers to the worker from (`<queue>.dead`).
+    DeadQueue(DeadQueueArgs),
 }
 
 /// Logging, shared by every subcommand.
@@ -269,6 +274,8 @@ pub struct RunArgs {
     pub grpc: GrpcArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 /// How an idle relay learns about new rows.
@@ -393,6 +400,14 @@ pub enum ConfigError {
     O5Empty(&'static str),
     #[error("--grpc-max-request-size {0} is below the minimum of {MIN_GRPC_REQUEST} bytes")]
     GrpcRequestTooSmall(usize),
+    #[error(
+        "--worker-addr needs the services the worker implements: --worker-descriptor-set or --worker-reflection"
+    )]
+    WorkerServices,
+    #[error(
+        "--worker-addr must be an http:// URL: the worker is called in plaintext, as a sidecar calls its own pod over loopback"
+    )]
+    WorkerScheme,
 }
 
 /// Smallest `--grpc-max-request-size`: room for a message's envelope.
@@ -411,6 +426,7 @@ impl RunArgs {
             ("confirm-timeout", self.confirm_timeout),
             ("backoff-base", self.backoff_base),
             ("liveness-window", self.http.liveness_window),
+            ("worker-timeout", self.worker.worker_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -435,6 +451,18 @@ impl RunArgs {
             return Err(ConfigError::GrpcRequestTooSmall(
                 self.grpc.grpc_max_request_size,
             ));
+        }
+        let worker = &self.worker;
+        if let Some(addr) = &worker.worker_addr
+            && !addr.0.starts_with("http://")
+        {
+            return Err(ConfigError::WorkerScheme);
+        }
+        if worker.worker_addr.is_some()
+            && worker.worker_descriptor_sets.is_empty()
+            && !worker.worker_reflection
+        {
+            return Err(ConfigError::WorkerServices);
         }
         if self.confirm_timeout >= self.shutdown_timeout {
             return Err(ConfigError::ConfirmOutlivesShutdown {

@@ -102,6 +102,7 @@ impl Cli {
             Command::Dead(args) => args.db.load_files(),
             Command::Replay(args) => args.db.load_files(),
             Command::Tail(args) => args.amqp.load_files(),
+            Command::DeadQueue(args) => args.action.target_mut().amqp.load_files(),
         }
     }
 }

@@ -14,10 +14,12 @@
 //! - the table's gauges are refreshed by one background task with indexed
 //!   queries ([`run_table_gauges`]), never by a scrape.
 
+mod deliver;
 mod grpc;
 mod sources;
 mod table;
 
+pub use deliver::DeliveryOutcome;
 pub use table::run_table_gauges;
 
 use crate::amqp::Broker;
@@ -174,6 +176,7 @@ pub struct Metrics {
     table_dead_tuples: Gauge,
     table_last_autovacuum: FloatGauge,
     grpc: grpc::GrpcSeries,
+    deliver: deliver::DeliverSeries,
     /// False when nothing serves the registry (`--http-addr none`): then
     /// nothing is recorded, and the hot path pays one branch.
     recording: bool,
@@ -267,6 +270,7 @@ impl Metrics {
             .set(1);
         let table = TableSeries::register(&mut registry);
         let grpc = grpc::GrpcSeries::register(&mut registry);
+        let deliver = deliver::DeliverSeries::register(&mut registry);
         registry.register_collector(Box::new(sources));
         Self {
             registry,
@@ -284,6 +288,7 @@ impl Metrics {
             table_dead_tuples: table.dead_tuples,
             table_last_autovacuum: table.last_autovacuum,
             grpc,
+            deliver,
             recording: true,
         }
     }
@@ -403,6 +408,20 @@ impl Metrics {
             return;
         }
         self.grpc.record(path, code, elapsed);
+    }
+
+    /// One message delivered to the worker was settled as `outcome`.
+    pub fn record_delivery(&self, outcome: DeliveryOutcome) {
+        if self.recording {
+            self.deliver.record_outcome(outcome);
+        }
+    }
+
+    /// One call of the worker took `elapsed`.
+    pub fn record_worker_call(&self, elapsed: Duration) {
+        if self.recording {
+            self.deliver.record_call(elapsed);
+        }
     }
 
     /// The table's state, from [`Outbox::table_gauges`].

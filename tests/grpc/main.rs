@@ -2,10 +2,14 @@
 //! tonic clients generated from the contract and from test protos (one
 //! broadcast, one unicast and one reply service), and raw calls of the o5
 //! topic protos (one per option form): what arrives, byte for byte, and
-//! which status each failure gets.
+//! which status each failure gets. And the receiving side: delivery of
+//! what arrives to a worker application's own gRPC server
+//! (`tests/deliver/`).
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../deliver/mod.rs"]
+mod deliver;
 mod group;
 mod o5;
 mod o5topics;
