@@ -92,7 +92,8 @@ where
         // Named `package.Service/Method`, as OpenTelemetry's RPC conventions do.
         let span = tracing::info_span!("grpc.call", otel.name = %path.trim_start_matches('/'), otel.kind = "server",
             rpc.system = "grpc", rpc.method = %path, trace_id = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty, rpc.grpc.status_code = tracing::field::Empty);
+            otel.status_code = tracing::field::Empty, rpc.grpc.status_code = tracing::field::Empty,
+            messaging.message.ids = tracing::field::Empty);
         let trace = if otel::enabled() {
             if let Some(incoming) = &incoming {
                 let _ = span.set_parent(incoming.context());

@@ -97,6 +97,14 @@ impl Sink {
             trace.stamp(&mut message.headers);
             admit(message, limits)?;
         }
+        if crate::telemetry::otel::enabled() {
+            // The call's span (grpc::observe) names what it stores.
+            let ids: Vec<String> = messages
+                .iter()
+                .filter_map(|m| m.message_id.map(|id| id.to_string()))
+                .collect();
+            tracing::Span::current().record("messaging.message.ids", ids.join(","));
+        }
         let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
         if direct {
             self.publish(&messages).await

@@ -147,6 +147,10 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
     Some(q.message_count())
 }
 
+/// A consumer that got nothing for this long while its queue holds ready
+/// messages has been dropped by the broker.
+const STALLED_CONSUMER: Duration = Duration::from_secs(2);
+
 async fn consume_forever(
     queue: String,
     seen: Arc<Mutex<HashMap<String, usize>>>,
@@ -184,16 +188,28 @@ async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
     else {
         return;
     };
+    let mut last_delivery = tokio::time::Instant::now();
     loop {
         // A broker that stops does not always end the stream: check the
-        // connection whenever deliveries pause.
+        // connection whenever deliveries pause. Nor does it always tell a
+        // consumer it was dropped (seen after `stop_app`/`start_app`: the
+        // connection looked alive, the queue held thousands of ready
+        // messages and no consumer): a pause while messages wait in the
+        // queue starts a new session.
         let next = tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await;
         let delivery = match next {
             Ok(Some(Ok(delivery))) => delivery,
             Ok(_) => return,
-            Err(_) if conn.status().connected() => continue,
-            Err(_) => return,
+            Err(_) if !conn.status().connected() || !channel.status().connected() => return,
+            Err(_) if last_delivery.elapsed() >= STALLED_CONSUMER => {
+                if queue_depth(queue).await.is_some_and(|ready| ready > 0) {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => continue,
         };
+        last_delivery = tokio::time::Instant::now();
         let id = message_id(&delivery);
         {
             let mut seen = seen.lock().await;

@@ -272,6 +272,11 @@ async fn exported_spans_chain_the_caller_the_grpc_call_and_each_published_messag
         attribute(&call_span, "rpc.method").as_deref(),
         Some("/outbox.v1.Publisher/Publish")
     );
+    assert_eq!(
+        attribute(&call_span, "messaging.message.ids"),
+        Some(message_id.clone()),
+        "the call's span names the message it stored"
+    );
 
     // A row's own traceparent: the row's sender -> outbox.send.
     let (row_trace, row_span) = ids(ROW_PARENT);
