@@ -7,6 +7,7 @@
 //! scenario, and writes the table as Markdown to `target/bench/relay.md`.
 
 mod affinity;
+mod api;
 mod drains;
 mod ingress;
 mod procfs;
@@ -63,6 +64,9 @@ struct Options {
     /// Where the Markdown table goes.
     #[arg(long, default_value = "target/bench/relay.md")]
     out: std::path::PathBuf,
+    /// Rows of the `api` group's table.
+    #[arg(long, default_value = "10000000")]
+    api_rows: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -72,6 +76,8 @@ struct Options {
 enum Group {
     Drain,
     LargeBacklog,
+    /// The HTTP API on a table of --api-rows rows (not in the default set).
+    Api,
     Steady,
     Producer,
     Ingress,
@@ -131,6 +137,9 @@ async fn main() {
     }
     if opts.only.contains(&Group::Ingress) {
         ingress(&mut report, &conn, &channel, &queue, &opts).await;
+    }
+    if opts.only.contains(&Group::Api) {
+        api::run(&mut report, opts.api_rows).await;
     }
     queue.delete(&channel).await;
     report.finish(&opts.out);
