@@ -297,6 +297,10 @@ async fn stats_count_the_backlog_its_busiest_routes_and_the_send_rates() {
     assert_eq!(stats["pending"]["delayed"], 4);
     assert!(stats["pending"]["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(stats["sent"], 4);
+    assert_eq!(
+        stats["sent_at_least"], false,
+        "an exact count below the cap"
+    );
     assert_eq!(stats["dead"], 1);
     assert_eq!(
         stats["top_pending"],
