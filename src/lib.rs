@@ -13,14 +13,14 @@
 //! | `main.rs` | thin: parse CLI, start telemetry, dispatch the subcommand, map errors to exit codes |
 //! | [`config`] | clap derive; every flag also an `OUTBOX_*` env var; typed values; `validate()`; secrets redacted; TLS parameters of the URLs |
 //! | [`tls`] | rustls client configurations (ring) for both services: roots, client certificates, verification modes |
-//! | [`telemetry`] | tracing subscriber (text or JSON) on a lossy background writer: logging never blocks or stops relaying |
+//! | [`telemetry`] | tracing subscriber (text or JSON) on a lossy background writer: logging never blocks or stops relaying; OTLP trace export when `OTEL_*` asks (`otel.rs`); W3C trace context carried from calls and rows to messages (`context.rs`) |
 //! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail`, `dead-queue` |
 //! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
 //! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (handlers, the OpenAPI document); the console at `/` (`console/`: the embedded page, its login); admission of both (`auth.rs`: token, loopback, same-origin, CSRF) and the console's sessions (`session.rs`) |
 //! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
-//! | [`relay`] | the step: claim → publish → await confirms → mark; backoff; dead-lettering; the worker loop, systemic-fault pauses and its supervisor; retention |
+//! | [`relay`] | the step: claim → publish → await confirms → mark; the pipelined worker step (the next batch sent while the previous one settles); backoff; dead-lettering; the worker loop with its adaptive idle poll, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
 //! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); the `dead-queue` command's operations |
