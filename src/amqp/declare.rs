@@ -3,9 +3,32 @@
 //! idempotent, so every relay of a deployment may make them.
 
 use super::{Broker, BrokerError};
-use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
+
+/// Declares each of `names` as a durable topic exchange on `channel`.
+pub async fn declare_topic_exchanges<'a>(
+    channel: &Channel,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for name in names {
+        channel
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Channel)?;
+    }
+    Ok(())
+}
 
 /// Declares each exchange (topic, durable) and queue (durable) on one channel.
 pub async fn declare(
@@ -14,21 +37,7 @@ pub async fn declare(
     queues: &[String],
 ) -> Result<(), BrokerError> {
     let channel = broker.open_channel().await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    for name in topic_exchanges {
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BrokerError::Channel)?;
-    }
+    declare_topic_exchanges(&channel, topic_exchanges.iter().map(String::as_str)).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()

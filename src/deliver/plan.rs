@@ -24,8 +24,7 @@ use crate::amqp::{Broker, BrokerError};
 use crate::config::MAX_WORKER_QUEUE;
 use crate::grpc::topology::{Catalog, Route};
 use crate::grpc::{TopologyError, method_route};
-use lapin::ExchangeKind;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -150,21 +149,7 @@ impl Plan {
 /// Declares every exchange, queue and binding of `plan` (idempotent).
 pub async fn declare(broker: &Broker, plan: &Plan) -> Result<(), BrokerError> {
     let channel = broker.open_channel().await?;
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    for exchange in plan.exchanges() {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BrokerError::Channel)?;
-    }
+    crate::amqp::declare::declare_topic_exchanges(&channel, plan.exchanges()).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
