@@ -86,7 +86,7 @@ impl Outbox {
             )
             .await?;
         claim.rows = rows.iter().map(Claimed::decode).collect::<Result<_, _>>()?;
-        let ids: Vec<i64> = claim.rows.iter().map(|c| c.id().0).collect();
+        let last = claim.rows.iter().map(|c| c.id().0).max();
         let unloaded = claim
             .rows
             .iter()
@@ -95,7 +95,8 @@ impl Outbox {
                 _ => None,
             })
             .min();
-        self.cursor.advance(from, limits.rows, &ids, unloaded);
+        self.cursor
+            .advance(from, limits.rows, claim.rows.len(), last, unloaded);
         Ok(claim)
     }
 }

@@ -68,20 +68,24 @@ impl ClaimCursor {
         state.retry_due = Some(state.retry_due.map_or(due, |earlier| earlier.min(due)));
     }
 
-    /// After a claim from `from` that asked for `limit` rows: `ids` are the
-    /// rows it returned, `unloaded` the lowest of those whose payload it did
-    /// not load (they may be left pending for the next claim). A short claim
-    /// reached the end of the backlog: the next one rescans.
-    pub fn advance(&self, from: i64, limit: usize, ids: &[i64], unloaded: Option<i64>) {
+    /// After a claim from `from` that asked for `limit` rows and returned
+    /// `claimed`, the highest id `last` and, `unloaded`, the lowest id of
+    /// those whose payload it did not load (they may be left pending for the
+    /// next claim). A short claim reached the end of the backlog: the next
+    /// one rescans.
+    pub fn advance(
+        &self,
+        from: i64,
+        limit: usize,
+        claimed: usize,
+        last: Option<i64>,
+        unloaded: Option<i64>,
+    ) {
         let mut state = self.0.lock().expect("poisoned");
-        let Some(&last) = ids.iter().max() else {
+        let Some(last) = last.filter(|_| claimed >= limit) else {
             state.from = 0;
             return;
         };
-        if ids.len() < limit {
-            state.from = 0;
-            return;
-        }
         let next = unloaded.unwrap_or(last.saturating_add(1));
         // Another worker may have moved it further meanwhile; a rescan
         // (from 0) that started before keeps what came after it.
@@ -99,41 +103,41 @@ mod tests {
     fn a_full_claim_moves_the_cursor_past_its_rows_and_a_short_one_rescans() {
         let cursor = ClaimCursor::default();
         assert_eq!(cursor.start(), 0);
-        cursor.advance(0, 3, &[4, 5, 9], None);
+        cursor.advance(0, 3, 3, Some(9), None);
         assert_eq!(cursor.start(), 10);
-        cursor.advance(10, 3, &[10, 11], None);
+        cursor.advance(10, 3, 2, Some(11), None);
         assert_eq!(cursor.start(), 0, "the end of the backlog: rescan");
-        cursor.advance(0, 2, &[], None);
+        cursor.advance(0, 2, 0, None, None);
         assert_eq!(cursor.start(), 0);
     }
 
     #[test]
     fn a_retry_coming_due_brings_a_rescan() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 2, &[1, 2], None);
+        cursor.advance(0, 2, 2, Some(2), None);
         cursor.rescan_at(Instant::now());
         assert_eq!(cursor.start(), 0, "the failed row's backoff is over");
-        cursor.advance(0, 2, &[3, 4], None);
+        cursor.advance(0, 2, 2, Some(4), None);
         assert_eq!(cursor.start(), 5, "one rescan per retry");
     }
 
     #[test]
     fn rows_left_unloaded_are_not_skipped() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 3, &[1, 2, 3], Some(2));
+        cursor.advance(0, 3, 3, Some(3), Some(2));
         assert_eq!(cursor.start(), 2);
     }
 
     #[test]
     fn a_worker_behind_another_does_not_move_the_cursor_back() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 2, &[1, 2], None);
-        cursor.advance(3, 2, &[3, 4], None);
+        cursor.advance(0, 2, 2, Some(2), None);
+        cursor.advance(3, 2, 2, Some(4), None);
         // A claim that also started at 3 and got rows 5 and 6 (4 was held).
-        cursor.advance(3, 2, &[5, 6], None);
+        cursor.advance(3, 2, 2, Some(6), None);
         assert_eq!(cursor.start(), 7);
         // A late one from 0 that got 1..2 again does not pull it back.
-        cursor.advance(0, 2, &[1, 2], None);
+        cursor.advance(0, 2, 2, Some(2), None);
         assert_eq!(cursor.start(), 7);
     }
 }

@@ -51,11 +51,9 @@ impl Pipeline {
                 (next, Some(settled))
             }
         };
-        let next = match next {
-            Ok(next) => next,
-            Err(e) => return Err(e),
-        };
-        self.ahead = next;
+        // A failed claim: the settled batch's outcome is already recorded
+        // (its metrics, its marks); the error is what the worker acts on.
+        self.ahead = next?;
         let Some(settled) = settled else {
             return Ok(if self.ahead.is_some() {
                 Outcome::InFlight

@@ -7,7 +7,7 @@ use crate::common::*;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,8 +129,16 @@ impl Consumer {
     }
 }
 
-/// Messages ready in `queue`, or None while the broker is unreachable.
+/// Messages ready in `queue`, or None while the broker is unreachable (or
+/// too busy starting to answer within [`SETUP_TIMEOUT`]).
 pub async fn queue_depth(queue: &str) -> Option<u32> {
+    tokio::time::timeout(SETUP_TIMEOUT, ready_in(queue))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn ready_in(queue: &str) -> Option<u32> {
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
         .await
         .ok()?;
@@ -150,6 +158,10 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
 /// A consumer that got nothing for this long while its queue holds ready
 /// messages has been dropped by the broker.
 const STALLED_CONSUMER: Duration = Duration::from_secs(2);
+/// Connecting and subscribing get this long: a broker that is starting may
+/// accept the TCP connection and never finish the handshake, and lapin's
+/// connect has no deadline of its own.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn consume_forever(
     queue: String,
@@ -168,16 +180,14 @@ async fn consume_forever(
     }
 }
 
-/// One connection's worth of consuming; returns when the connection fails.
-async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
-    let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
-        return;
-    };
-    let Ok(channel) = conn.create_channel().await else {
-        return;
-    };
+/// Connects and subscribes to `queue`.
+async fn subscribe(queue: &str) -> Option<(Connection, Channel, lapin::Consumer)> {
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = conn.create_channel().await.ok()?;
     let _ = channel.basic_qos(500, BasicQosOptions::default()).await;
-    let Ok(mut deliveries) = channel
+    let deliveries = channel
         .basic_consume(
             queue.into(),
             unique("ledger").as_str().into(),
@@ -185,6 +195,14 @@ async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
             FieldTable::default(),
         )
         .await
+        .ok()?;
+    Some((conn, channel, deliveries))
+}
+
+/// One connection's worth of consuming; returns when the connection fails.
+async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
+    let Ok(Some((conn, channel, mut deliveries))) =
+        tokio::time::timeout(SETUP_TIMEOUT, subscribe(queue)).await
     else {
         return;
     };
