@@ -15,16 +15,22 @@
 //!   `Origin` header, when present, must be `http(s)://<Host>` (403), and
 //!   the Content-Type must be `application/json` (415), which a browser
 //!   sends cross-origin only after a CORS preflight this port never
-//!   grants. Together they refuse cross-site request forgery.
+//!   grants. Together they refuse cross-site request forgery;
+//! - guessing is bounded ([`super::throttle`]): an address that sent ten
+//!   wrong tokens within a minute (bearer or login form) is answered 429
+//!   until its minute is over.
 
 use super::api::ApiError;
 use super::session::{NoRandom, Sessions};
+use super::throttle::Throttle;
+use axum::extract::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// What the API and the console admit.
@@ -37,6 +43,7 @@ struct TokenGate {
     /// `Bearer <token>`, as the header must read.
     expected: Box<[u8]>,
     sessions: Sessions,
+    throttle: Throttle,
 }
 
 impl std::fmt::Debug for Gate {
@@ -58,6 +65,7 @@ impl Gate {
             Some(t) => Some(TokenGate {
                 expected: format!("Bearer {t}").into_bytes().into(),
                 sessions: Sessions::new()?,
+                throttle: Throttle::default(),
             }),
             None => None,
         };
@@ -69,18 +77,31 @@ impl Gate {
         self.token.as_ref().map(|t| &t.sessions)
     }
 
-    /// Whether `given` is the admin token (constant time); false without one.
-    pub fn is_token(&self, given: &str) -> bool {
-        self.token
-            .as_ref()
-            .is_some_and(|t| bool::from(format!("Bearer {given}").as_bytes().ct_eq(&t.expected)))
+    /// Whether `given` (from the login form of `peer`) is the admin token,
+    /// compared in constant time; `Err` (429) when `peer` has guessed too
+    /// often, and then `given` is not compared. False without a token.
+    pub fn is_token(&self, given: &str, peer: IpAddr) -> Result<bool, ApiError> {
+        let Some(t) = &self.token else {
+            return Ok(false);
+        };
+        t.throttle.admit(peer).map_err(too_many)?;
+        let right = bool::from(format!("Bearer {given}").as_bytes().ct_eq(&t.expected));
+        if !right {
+            t.throttle.failed(peer);
+        }
+        Ok(right)
     }
 
-    /// Why `method` with `headers` is refused, if it is.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Why `method` with `headers` from `peer` is refused, if it is.
+    pub fn check(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<(), ApiError> {
         let write = is_write(method);
         match &self.token {
-            Some(token) => token.check(headers, write)?,
+            Some(token) => token.check(headers, write, peer)?,
             None => loopback_host(headers)?,
         }
         if write {
@@ -92,11 +113,13 @@ impl Gate {
 }
 
 impl TokenGate {
-    fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    fn check(&self, headers: &HeaderMap, write: bool, peer: IpAddr) -> Result<(), ApiError> {
         if let Some(given) = headers.get(header::AUTHORIZATION) {
+            self.throttle.admit(peer).map_err(too_many)?;
             if bool::from(given.as_bytes().ct_eq(&self.expected)) {
                 return Ok(());
             }
+            self.throttle.failed(peer);
             return Err(unauthorized());
         }
         let Some(session) = self.sessions.find(headers) else {
@@ -119,9 +142,24 @@ fn unauthorized() -> ApiError {
     )
 }
 
+/// 429 for an address that guessed too often, with when to come back.
+fn too_many(wait: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many wrong tokens from this address; try again after the Retry-After seconds",
+    )
+    .retry_after(wait)
+}
+
 /// The middleware around every `/api` route.
 pub async fn admit(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
-    if let Err(refused) = gate.check(request.method(), request.headers()) {
+    // Served with connect info (`super::serve`); a request made without it
+    // (a test calling the router directly) counts as loopback's.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    if let Err(refused) = gate.check(request.method(), request.headers(), peer) {
         tracing::debug!(path = request.uri().path(), status = %refused.status,
             reason = refused.message, "API request refused");
         return refused.into_response();
@@ -198,6 +236,8 @@ fn json_content(headers: &HeaderMap) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
@@ -212,13 +252,15 @@ mod tests {
     fn a_token_is_required_exactly_when_one_is_set() {
         let gate = Gate::new(Some("s3cret")).unwrap();
         let right = headers(&[(header::AUTHORIZATION, "Bearer s3cret")]);
-        assert!(gate.check(&Method::GET, &right).is_ok());
+        assert!(gate.check(&Method::GET, &right, LOCAL).is_ok());
         for wrong in ["Bearer s3cre", "Bearer s3cret2", "bearer s3cret", "s3cret"] {
             let given = headers(&[(header::AUTHORIZATION, wrong)]);
-            let refused = gate.check(&Method::GET, &given).unwrap_err();
+            let refused = gate.check(&Method::GET, &given, LOCAL).unwrap_err();
             assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{wrong}");
         }
-        let refused = gate.check(&Method::GET, &HeaderMap::new()).unwrap_err();
+        let refused = gate
+            .check(&Method::GET, &HeaderMap::new(), LOCAL)
+            .unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert!(!format!("{gate:?}").contains("s3cret"));
     }
@@ -234,7 +276,7 @@ mod tests {
             "127.3.4.5",
         ] {
             let given = headers(&[(header::HOST, host)]);
-            assert!(gate.check(&Method::GET, &given).is_ok(), "{host}");
+            assert!(gate.check(&Method::GET, &given, LOCAL).is_ok(), "{host}");
         }
         for host in [
             "evil.example:9464",
@@ -242,7 +284,7 @@ mod tests {
             "localhost.evil.example",
         ] {
             let given = headers(&[(header::HOST, host)]);
-            let refused = gate.check(&Method::GET, &given).unwrap_err();
+            let refused = gate.check(&Method::GET, &given, LOCAL).unwrap_err();
             assert_eq!(refused.status, StatusCode::FORBIDDEN, "{host}");
         }
     }
@@ -254,44 +296,54 @@ mod tests {
             (header::HOST, "127.0.0.1:9464"),
             (header::CONTENT_TYPE, "application/json; charset=utf-8"),
         ];
-        assert!(gate.check(&Method::POST, &headers(&ok)).is_ok());
+        assert!(gate.check(&Method::POST, &headers(&ok), LOCAL).is_ok());
         let same = [
             ok[0].clone(),
             ok[1].clone(),
             (header::ORIGIN, "http://127.0.0.1:9464"),
         ];
-        assert!(gate.check(&Method::DELETE, &headers(&same)).is_ok());
+        assert!(gate.check(&Method::DELETE, &headers(&same), LOCAL).is_ok());
         let foreign = [
             ok[0].clone(),
             ok[1].clone(),
             (header::ORIGIN, "http://evil.example"),
         ];
-        let refused = gate.check(&Method::POST, &headers(&foreign)).unwrap_err();
+        let refused = gate
+            .check(&Method::POST, &headers(&foreign), LOCAL)
+            .unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         let other_port = [
             ok[0].clone(),
             ok[1].clone(),
             (header::ORIGIN, "http://127.0.0.1:8080"),
         ];
-        assert!(gate.check(&Method::POST, &headers(&other_port)).is_err());
+        assert!(
+            gate.check(&Method::POST, &headers(&other_port), LOCAL)
+                .is_err()
+        );
         for content in [
             "text/plain",
             "application/x-www-form-urlencoded",
             "multipart/form-data",
         ] {
             let given = [ok[0].clone(), (header::CONTENT_TYPE, content)];
-            let refused = gate.check(&Method::POST, &headers(&given)).unwrap_err();
+            let refused = gate
+                .check(&Method::POST, &headers(&given), LOCAL)
+                .unwrap_err();
             assert_eq!(
                 refused.status,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "{content}"
             );
         }
-        let bare = gate.check(&Method::POST, &headers(&[ok[0].clone()]));
+        let bare = gate.check(&Method::POST, &headers(&[ok[0].clone()]), LOCAL);
         assert_eq!(bare.unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         // Reads need neither.
         let foreign_read = [ok[0].clone(), (header::ORIGIN, "http://evil.example")];
-        assert!(gate.check(&Method::GET, &headers(&foreign_read)).is_ok());
+        assert!(
+            gate.check(&Method::GET, &headers(&foreign_read), LOCAL)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -305,49 +357,49 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("{}={session}", super::super::session::COOKIE)).unwrap(),
         );
-        assert!(gate.check(&Method::GET, &read).is_ok());
+        assert!(gate.check(&Method::GET, &read, LOCAL).is_ok());
         let mut write = read.clone();
         write.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let refused = gate.check(&Method::POST, &write).unwrap_err();
+        let refused = gate.check(&Method::POST, &write, LOCAL).unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         let mut wrong = write.clone();
         wrong.insert("x-csrf-token", HeaderValue::from_static("guess"));
-        let refused = gate.check(&Method::DELETE, &wrong).unwrap_err();
+        let refused = gate.check(&Method::DELETE, &wrong, LOCAL).unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         let mut right = write.clone();
         right.insert("x-csrf-token", HeaderValue::from_str(&csrf).unwrap());
-        assert!(gate.check(&Method::POST, &right).is_ok());
+        assert!(gate.check(&Method::POST, &right, LOCAL).is_ok());
         // An Authorization header decides alone, even beside a good cookie.
         let mut bad_bearer = read.clone();
         bad_bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer no"));
-        let refused = gate.check(&Method::GET, &bad_bearer).unwrap_err();
+        let refused = gate.check(&Method::GET, &bad_bearer, LOCAL).unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         // A bearer write needs no CSRF token.
         let bearer = headers(&[
             (header::AUTHORIZATION, "Bearer s3cret"),
             (header::CONTENT_TYPE, "application/json"),
         ]);
-        assert!(gate.check(&Method::POST, &bearer).is_ok());
+        assert!(gate.check(&Method::POST, &bearer, LOCAL).is_ok());
     }
 
     #[test]
     fn the_login_token_is_compared_whole_and_without_a_token_there_is_no_login() {
         let gate = Gate::new(Some("s3cret")).unwrap();
-        assert!(gate.is_token("s3cret"));
+        assert!(gate.is_token("s3cret", LOCAL).unwrap());
         for wrong in ["", "s3cre", "s3cret ", "S3CRET"] {
-            assert!(!gate.is_token(wrong), "{wrong:?}");
+            assert!(!gate.is_token(wrong, LOCAL).unwrap(), "{wrong:?}");
         }
         let open = Gate::new(None).unwrap();
         assert!(open.sessions().is_none());
-        assert!(!open.is_token(""));
+        assert!(!open.is_token("", LOCAL).unwrap());
         // Without a token a cookie grants nothing beyond the loopback rule.
         let given = headers(&[
             (header::HOST, "evil.example"),
             (header::COOKIE, "outbox_session=x"),
         ]);
-        assert!(open.check(&Method::GET, &given).is_err());
+        assert!(open.check(&Method::GET, &given, LOCAL).is_err());
     }
 }

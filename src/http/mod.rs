@@ -24,6 +24,7 @@ pub mod api;
 mod auth;
 mod console;
 mod session;
+mod throttle;
 
 use crate::amqp::Broker;
 use crate::health::Health;

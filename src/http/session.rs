@@ -135,14 +135,37 @@ fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'
 
 /// The `Set-Cookie` value of a new session: not readable by scripts, sent
 /// to this host's paths only and never on a request from another site.
-/// `secure` when the request came over TLS (the port itself speaks plain
-/// HTTP; a browser would not send a Secure cookie back over it).
+/// `secure` when the browser reached us over TLS ([`over_tls`]); the port
+/// itself speaks plain HTTP, over which a browser would not send a Secure
+/// cookie back.
 pub fn set_cookie(value: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!(
         "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         LIFETIME.as_secs()
     )
+}
+
+/// Whether the browser's request came over HTTPS to a proxy in front of
+/// the port (an ingress terminating TLS): `X-Forwarded-Proto: https` or
+/// `Forwarded: proto=https`, as proxies set them. A client that claims it
+/// falsely on plain HTTP only gets a cookie it will not send back.
+pub fn over_tls(headers: &HeaderMap) -> bool {
+    let https = |v: &str| v.trim().trim_matches('"').eq_ignore_ascii_case("https");
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+    };
+    first("x-forwarded-proto").is_some_and(https)
+        || first("forwarded").is_some_and(|hop| {
+            hop.split(';').any(|pair| {
+                pair.split_once('=').is_some_and(|(name, value)| {
+                    name.trim().eq_ignore_ascii_case("proto") && https(value)
+                })
+            })
+        })
 }
 
 /// The `Set-Cookie` value that ends a session in the browser.
@@ -224,5 +247,25 @@ mod tests {
         assert!(!cookie.contains("Secure"));
         assert!(set_cookie(&value, true).ends_with("; Secure"));
         assert!(clear_cookie().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn a_request_forwarded_from_https_is_over_tls() {
+        let with = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(over_tls(&with("x-forwarded-proto", "https")));
+        assert!(over_tls(&with("x-forwarded-proto", "HTTPS, http")));
+        assert!(over_tls(&with(
+            "forwarded",
+            "for=10.0.0.1;proto=https;host=a"
+        )));
+        assert!(over_tls(&with("forwarded", "proto=\"https\", proto=http")));
+        assert!(!over_tls(&with("x-forwarded-proto", "http")));
+        assert!(!over_tls(&with("x-forwarded-proto", "http, https")));
+        assert!(!over_tls(&with("forwarded", "for=10.0.0.1;host=https")));
+        assert!(!over_tls(&HeaderMap::new()));
     }
 }

@@ -99,8 +99,7 @@ pub struct Filter {
     pub since: Option<SystemTime>,
     /// The row entered its state before this.
     pub until: Option<SystemTime>,
-    /// A case-insensitive substring of the routing key or of the message_id
-    /// (as text). Checked on the rows the indexed filters walk.
+    /// The message_id, or a case-insensitive part of the routing key.
     pub search: Option<String>,
 }
 
@@ -206,13 +205,35 @@ impl<'a> Composed<'a> {
 
 /// A filter's values, owned for the statement's parameters.
 struct Bound {
+    /// `q`, lowercased: matched within routing keys.
     search: Option<String>,
+    /// `q` when it is a message id: matched against message ids.
+    search_id: Option<Uuid>,
     before: Option<i64>,
     limit: i64,
 }
 
+impl Bound {
+    fn new(filter: &Filter, before: Option<i64>, limit: i64) -> Self {
+        Self {
+            search: filter.search.as_ref().map(|s| s.to_lowercase()),
+            search_id: filter.search.as_deref().and_then(|s| s.trim().parse().ok()),
+            before,
+            limit,
+        }
+    }
+}
+
 /// The list statement: one index-ordered, limited query per state, merged.
 /// `columns` is what each row gives.
+///
+/// A routing key without its exchange, and `q`, are served by walking the
+/// state's distinct routes (one descent of its by-route index per route, a
+/// "loose index scan"), keeping the routes that match, and reading each
+/// kept route's newest rows through the same index; `q` also looks the
+/// message_id up in its unique index. So every filter reads through an
+/// index; what a route filter costs follows the number of distinct routes,
+/// not the number of rows.
 fn compose_list<'a>(
     table: &str,
     columns: &str,
@@ -220,21 +241,14 @@ fn compose_list<'a>(
     bound: &'a Bound,
 ) -> (String, Vec<(&'a (dyn ToSql + Sync), Type)>) {
     let mut q = Composed { params: Vec::new() };
+    let exchange = filter.exchange.as_ref().map(|e| q.bind(e, Type::TEXT));
+    let routing_key = filter.routing_key.as_ref().map(|k| q.bind(k, Type::TEXT));
+    let search = bound.search.as_ref().map(|s| q.bind(s, Type::TEXT));
+    let search_id = bound.search_id.as_ref().map(|m| q.bind(m, Type::UUID));
+    // Conditions on the row besides its route and the search.
     let mut common = Vec::new();
-    if let Some(exchange) = &filter.exchange {
-        common.push(format!("exchange = {}", q.bind(exchange, Type::TEXT)));
-    }
-    if let Some(routing_key) = &filter.routing_key {
-        common.push(format!("routing_key = {}", q.bind(routing_key, Type::TEXT)));
-    }
     if let Some(message_id) = &filter.message_id {
         common.push(format!("message_id = {}", q.bind(message_id, Type::UUID)));
-    }
-    if let Some(search) = &bound.search {
-        let p = q.bind(search, Type::TEXT);
-        common.push(format!(
-            "(strpos(lower(routing_key), {p}) > 0 OR strpos(message_id::text, {p}) > 0)"
-        ));
     }
     if let Some(before) = &bound.before {
         common.push(format!("id < {}", q.bind(before, Type::INT8)));
@@ -242,6 +256,7 @@ fn compose_list<'a>(
     let since = filter.since.as_ref().map(|t| q.bind(t, Type::TIMESTAMPTZ));
     let until = filter.until.as_ref().map(|t| q.bind(t, Type::TIMESTAMPTZ));
     let limit = q.bind(&bound.limit, Type::INT8);
+    let by_routes = search.is_some() || (routing_key.is_some() && exchange.is_none());
     let states = match filter.state {
         Some(state) => vec![state],
         None => RowState::ALL.to_vec(),
@@ -249,7 +264,8 @@ fn compose_list<'a>(
     let branches: Vec<String> = states
         .into_iter()
         .map(|state| {
-            let mut conditions = vec![state.predicate().to_owned()];
+            let pred = state.predicate();
+            let mut conditions = vec![pred.to_owned()];
             conditions.extend(common.iter().cloned());
             if let Some(p) = &since {
                 conditions.push(format!("{} >= {p}", state.time_column()));
@@ -257,10 +273,60 @@ fn compose_list<'a>(
             if let Some(p) = &until {
                 conditions.push(format!("{} < {p}", state.time_column()));
             }
-            format!(
-                "(SELECT {columns} FROM {table} WHERE {} ORDER BY id DESC LIMIT {limit})",
-                conditions.join(" AND ")
-            )
+            let mut direct = conditions.clone();
+            if let Some(p) = &exchange {
+                direct.push(format!("exchange = {p}"));
+            }
+            if let Some(p) = &routing_key {
+                direct.push(format!("routing_key = {p}"));
+            }
+            let select = |conditions: &[String]| {
+                format!(
+                    "(SELECT {columns} FROM {table} WHERE {} ORDER BY id DESC LIMIT {limit})",
+                    conditions.join(" AND ")
+                )
+            };
+            if !by_routes {
+                return select(&direct);
+            }
+            // The distinct routes of this state (of one exchange if given).
+            let within = exchange
+                .as_ref()
+                .map(|p| format!(" AND exchange = {p}"))
+                .unwrap_or_default();
+            let mut kept = Vec::new();
+            if let Some(p) = &routing_key {
+                kept.push(format!("r.routing_key = {p}"));
+            }
+            if let Some(p) = &search {
+                kept.push(format!("strpos(lower(r.routing_key), {p}) > 0"));
+            }
+            let mut per_route = conditions.clone();
+            per_route.push("exchange = r.exchange AND routing_key = r.routing_key".to_owned());
+            let routed = format!(
+                "(WITH RECURSIVE r (exchange, routing_key) AS (
+                    (SELECT exchange, routing_key FROM {table} WHERE {pred}{within}
+                     ORDER BY exchange, routing_key LIMIT 1)
+                    UNION ALL
+                    SELECT n.exchange, n.routing_key FROM r CROSS JOIN LATERAL
+                      (SELECT exchange, routing_key FROM {table}
+                       WHERE {pred}{within} AND (exchange, routing_key) > (r.exchange, r.routing_key)
+                       ORDER BY exchange, routing_key LIMIT 1) AS n)
+                SELECT m.* FROM r CROSS JOIN LATERAL {} AS m
+                WHERE {} ORDER BY m.id DESC LIMIT {limit})",
+                select(&per_route),
+                kept.join(" AND "),
+            );
+            match &search_id {
+                Some(p) => {
+                    direct.push(format!("message_id = {p}"));
+                    format!(
+                        "(SELECT * FROM ({routed} UNION {}) AS found ORDER BY id DESC LIMIT {limit})",
+                        select(&direct)
+                    )
+                }
+                None => routed,
+            }
         })
         .collect();
     let sql = match branches.as_slice() {
@@ -294,11 +360,7 @@ impl Outbox {
 
     /// One page of the rows `filter` takes, newest (highest id) first.
     pub async fn list(&self, filter: &Filter, page: Page) -> Result<Vec<Listed>, StoreError> {
-        let bound = Bound {
-            search: filter.search.as_ref().map(|s| s.to_lowercase()),
-            before: page.before,
-            limit: page.limit,
-        };
+        let bound = Bound::new(filter, page.before, page.limit);
         let (sql, params) = compose_list(self.table(), &listed_columns(), filter, &bound);
         let rows = self.browse_query(&sql, &params).await?;
         rows.iter().map(decode_listed).collect()
@@ -311,11 +373,7 @@ impl Outbox {
             state: Some(RowState::Dead),
             ..filter.clone()
         };
-        let bound = Bound {
-            search: filter.search.as_ref().map(|s| s.to_lowercase()),
-            before: None,
-            limit,
-        };
+        let bound = Bound::new(&filter, None, limit);
         let (sql, params) = compose_list(self.table(), "id", &filter, &bound);
         let rows = self.browse_query(&sql, &params).await?;
         rows.iter().map(|r| typed(r, 0, "id", "bigint")).collect()
@@ -362,11 +420,7 @@ mod tests {
     use super::*;
 
     fn compose(filter: &Filter) -> (String, usize) {
-        let bound = Bound {
-            search: filter.search.clone(),
-            before: Some(10),
-            limit: 50,
-        };
+        let bound = Bound::new(filter, Some(10), 50);
         let (sql, params) = compose_list("\"s\".outbox", "id", filter, &bound);
         (sql, params.len())
     }
@@ -376,20 +430,73 @@ mod tests {
         let filter = Filter {
             state: Some(RowState::Sent),
             exchange: Some("x'; DROP TABLE t; --".into()),
+            routing_key: Some("k".into()),
             since: Some(SystemTime::UNIX_EPOCH),
-            search: Some("Key".into()),
             ..Filter::default()
         };
         let (sql, params) = compose(&filter);
         assert_eq!(params, 5);
         assert!(!sql.contains("DROP"), "{sql}");
         assert!(!sql.contains("UNION"), "{sql}");
+        assert!(!sql.contains("RECURSIVE"), "{sql}");
+        assert!(sql.contains("sent_at IS NOT NULL AND id < $3 AND sent_at >= $4 AND exchange = $1 AND routing_key = $2"), "{sql}");
+        assert!(sql.ends_with("ORDER BY id DESC LIMIT $5)"), "{sql}");
+    }
+
+    #[test]
+    fn a_routing_key_alone_or_a_search_walks_the_states_routes() {
+        for filter in [
+            Filter {
+                state: Some(RowState::Pending),
+                routing_key: Some("k".into()),
+                ..Filter::default()
+            },
+            Filter {
+                state: Some(RowState::Pending),
+                search: Some("Orders".into()),
+                ..Filter::default()
+            },
+        ] {
+            let (sql, _) = compose(&filter);
+            assert!(sql.contains("WITH RECURSIVE r"), "{sql}");
+            assert!(
+                sql.contains("WHERE sent_at IS NULL AND dead_at IS NULL AND (exchange, routing_key) > (r.exchange, r.routing_key)"),
+                "{sql}"
+            );
+            assert!(
+                sql.contains("exchange = r.exchange AND routing_key = r.routing_key"),
+                "{sql}"
+            );
+            assert!(!sql.contains("message_id"), "not an id: {sql}");
+        }
+        let (sql, _) = compose(&Filter {
+            state: Some(RowState::Pending),
+            search: Some("k".into()),
+            ..Filter::default()
+        });
         assert!(
-            sql.contains("sent_at IS NOT NULL AND exchange = $1"),
+            sql.contains("strpos(lower(r.routing_key), $1) > 0"),
             "{sql}"
         );
-        assert!(sql.contains("sent_at >= $4"), "{sql}");
-        assert!(sql.ends_with("ORDER BY id DESC LIMIT $5)"), "{sql}");
+        // A search that is a message id also looks it up.
+        let id = Uuid::new_v4();
+        let by_id = Filter {
+            state: Some(RowState::Dead),
+            exchange: Some("e".into()),
+            search: Some(id.to_string().to_uppercase()),
+            ..Filter::default()
+        };
+        let bound = Bound::new(&by_id, None, 5);
+        assert_eq!(bound.search_id, Some(id));
+        assert_eq!(bound.search, Some(id.to_string()));
+        let (sql, params) = compose(&by_id);
+        assert_eq!(params, 5, "{sql}");
+        assert!(
+            sql.contains("AND exchange = $1 AND (exchange, routing_key) >"),
+            "{sql}"
+        );
+        assert!(sql.contains("exchange = $1 AND message_id = $3"), "{sql}");
+        assert!(sql.contains(" UNION (SELECT"), "{sql}");
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_browse",
         sql: include_str!("../../sql/0003_browse.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_route_indexes",
+        sql: include_str!("../../sql/0004_route_indexes.sql"),
+    },
 ];
 
 /// What a `migrate` run did.

@@ -67,11 +67,29 @@ async fn the_list_filters_by_state_route_message_id_time_and_search() {
         .await,
         [d1, p2, p1]
     );
-    // q: a case-insensitive substring of the routing key, or of the message_id.
+    // q: a case-insensitive part of the routing key, or the message_id.
     assert_eq!(listed(&api, "q=billing").await, [d1, p2]);
     assert_eq!(listed(&api, "q=ORDER.C").await, [s1, p1]);
-    assert_eq!(listed(&api, &format!("q={}", &p2_id[9..18])).await, [p2]);
+    assert_eq!(listed(&api, "q=paid&state=sent").await, [s2]);
+    assert_eq!(
+        listed(&api, "q=order&exchange=orders&state=pending").await,
+        [p1]
+    );
+    assert_eq!(listed(&api, "q=order&routing_key=order.paid").await, [s2]);
     assert_eq!(listed(&api, "state=dead&q=billing").await, [d1]);
+    let upper = p2_id.to_uppercase();
+    assert_eq!(listed(&api, &format!("q={upper}")).await, [p2]);
+    assert_eq!(
+        listed(&api, &format!("q={}", &p2_id[9..18])).await,
+        [] as [i64; 0],
+        "a part of a message_id is not a search"
+    );
+    // A routing key without its exchange, in every state.
+    assert_eq!(listed(&api, "routing_key=Billing.Queue").await, [d1, p2]);
+    assert_eq!(
+        listed(&api, "routing_key=order.created&state=sent").await,
+        [s1]
+    );
 
     let (_, page) = api.get("/api/messages?state=dead").await;
     let dead = &page["items"][0];
@@ -316,6 +334,22 @@ async fn stats_count_the_backlog_its_busiest_routes_and_the_send_rates() {
     per_minute[29] = 1;
     per_minute[59] = 2;
     assert_eq!(stats["rates"]["sent_per_minute"], json!(per_minute));
+    // Shared between requests for a short while (it says how old it is),
+    // then computed again: a new row shows.
+    assert!(stats["age_seconds"].as_f64().unwrap() >= 0.0, "{stats}");
+    assert!(stats["compute_seconds"].as_f64().unwrap() > 0.0, "{stats}");
+    env.pg
+        .batch_execute(&format!(
+            "INSERT INTO {table} (exchange, routing_key, payload, available_at)
+             VALUES ('b', 'two', 'x', now() + interval '1 hour')"
+        ))
+        .await
+        .unwrap();
+    let refreshed = wait_until(WITHIN, || async {
+        api.get("/api/stats").await.1["pending"]["total"] == 5
+    })
+    .await;
+    assert!(refreshed, "the stats never showed the fifth pending row");
 
     let (status, health) = api.get("/api/health").await;
     assert_eq!(status, 200, "{health}");

@@ -31,6 +31,14 @@ async fn a_login_sets_an_http_only_strict_session_cookie_that_is_not_the_token()
         "plain HTTP: no Secure flag: {set}"
     );
     assert!(!set.contains(TOKEN), "the cookie is not the token: {set}");
+    // Behind an ingress that terminated TLS, the cookie is Secure.
+    let forwarded = log_in(addr, TOKEN, &[("X-Forwarded-Proto", "https")]).await;
+    assert_eq!(forwarded.status, 303, "{forwarded:?}");
+    let set_tls = forwarded.header("set-cookie").expect("Set-Cookie");
+    assert!(
+        set_tls.split(';').any(|f| f.trim() == "Secure"),
+        "forwarded from HTTPS: Secure: {set_tls}"
+    );
 
     let cookie = cookie_of(&reply).unwrap();
     assert!(cookie.starts_with("outbox_session="), "{cookie}");
@@ -51,6 +59,58 @@ async fn a_login_sets_an_http_only_strict_session_cookie_that_is_not_the_token()
         let reply = http_request(addr, "GET", asset, &[], None).await;
         assert_eq!(reply.status, 200, "{asset}: {reply:?}");
     }
+    relay.stop().await.unwrap();
+    env.drop_schema().await;
+}
+
+#[tokio::test]
+async fn guessing_the_token_is_refused_with_429_after_ten_wrong_tries() {
+    let env = TestEnv::new("console_guess").await;
+    let relay = relay_with_token(&env, &[]).await;
+    let addr = relay.http.expect("the HTTP port listens");
+    // Ten wrong tokens, by form and by bearer header, are answered 401.
+    for n in 0..10 {
+        let wrong = format!("guess-{n}");
+        let reply = if n % 2 == 0 {
+            log_in(addr, &wrong, &[]).await
+        } else {
+            let bearer = format!("Bearer {wrong}");
+            http_request(
+                addr,
+                "GET",
+                "/api/stats",
+                &[("Authorization", &bearer)],
+                None,
+            )
+            .await
+        };
+        assert_eq!(reply.status, 401, "try {n}: {reply:?}");
+    }
+    // The eleventh is refused without being compared: even the right token.
+    let form = log_in(addr, TOKEN, &[]).await;
+    assert_eq!(form.status, 429, "{form:?}");
+    assert!(form.header("set-cookie").is_none(), "{form:?}");
+    let retry: u64 = form
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let bearer = format!("Bearer {TOKEN}");
+    let api = http_request(
+        addr,
+        "GET",
+        "/api/stats",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(api.status, 429, "{api:?}");
+    // Probes and metrics stay open.
+    assert_eq!(
+        http_request(addr, "GET", "/livez", &[], None).await.status,
+        200
+    );
     relay.stop().await.unwrap();
     env.drop_schema().await;
 }

@@ -84,6 +84,7 @@ pub(crate) struct ApiState {
     max_message_size: usize,
     probes: Arc<Probes>,
     writers: Semaphore,
+    stats: overview::StatsCache,
 }
 
 /// Whether the API is served on `addr`: with a token anywhere, without one
@@ -101,6 +102,7 @@ pub(crate) fn router(settings: ApiSettings, probes: Arc<Probes>, gate: Arc<Gate>
         max_message_size: settings.max_message_size,
         probes,
         writers: Semaphore::new(API_WRITERS),
+        stats: overview::StatsCache::default(),
     });
     Router::new()
         .route(PATHS[0], get(overview::health))

@@ -109,7 +109,14 @@ async fn login(
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
-    if !gate.is_token(&token) {
+    let right = match gate.is_token(&token, peer.ip()) {
+        Ok(right) => right,
+        Err(throttled) => {
+            tracing::warn!(action = "login", %peer, "console: login refused (too many wrong tokens)");
+            return throttled.into_response();
+        }
+    };
+    if !right {
         tracing::warn!(action = "login", %peer, "console: login refused (not the admin token)");
         return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
     }
@@ -124,18 +131,24 @@ async fn login(
         }
     };
     tracing::info!(action = "login", %peer, "console: logged in");
-    // The port speaks plain HTTP only: a Secure cookie would never come back.
-    with_cookie(see_other("/"), &session::set_cookie(&value, false))
+    // Secure only when a proxy says the browser used HTTPS: the port itself
+    // speaks plain HTTP, over which a Secure cookie would never come back.
+    let cookie = session::set_cookie(&value, session::over_tls(&headers));
+    with_cookie(see_other("/"), &cookie)
 }
 
 /// Ends the session in the browser (the value stays valid until it
 /// expires: sessions are not stored, see `session`). A write: it needs the
 /// session's CSRF token like any other.
-async fn logout(State(gate): Shared, headers: HeaderMap) -> Response {
+async fn logout(
+    State(gate): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     if gate.sessions().is_none() {
         return see_other("/");
     }
-    if let Err(refused) = gate.check(&Method::POST, &headers) {
+    if let Err(refused) = gate.check(&Method::POST, &headers, peer.ip()) {
         return refused.into_response();
     }
     with_cookie(
