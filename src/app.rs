@@ -11,6 +11,7 @@
 use crate::amqp::Broker;
 use crate::config::{HttpListen, IngressMode, RunArgs, Wakeup};
 use crate::deliver::Deliver;
+use crate::deliver::health::DeliveryHealth;
 use crate::grpc::Ingress;
 use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
@@ -78,6 +79,8 @@ impl App {
     /// retrying, and rows wait in the table meanwhile.
     pub async fn build(args: RunArgs) -> anyhow::Result<Self> {
         args.validate()?;
+        // Before connecting anywhere: a bad --worker-ca-file stops the start.
+        let worker_tls = args.worker.tls()?;
         warn_on_default_urls(&args);
         let opened = ConnectionCount::default();
         let pool = connect_counted_pool(
@@ -113,7 +116,13 @@ impl App {
             writers: INGRESS_WRITERS,
         };
         let wake = Arc::new(Notify::new());
-        let health = Arc::new(Health::new(args.concurrency.get()));
+        // Delivery's state, reported by the probes and gRPC health.
+        let delivery = args
+            .worker
+            .worker_addr
+            .as_ref()
+            .map(|addr| Arc::new(DeliveryHealth::new(addr.0.clone())));
+        let health = Arc::new(Health::new(args.concurrency.get()).with_delivery(delivery.clone()));
         let metrics = Metrics::for_process(health.clone(), broker.clone(), outbox.clone());
         let metrics = Arc::new(match args.http.http_addr {
             HttpListen::On(_) => metrics,
@@ -135,6 +144,8 @@ impl App {
             &args,
             Arc::new(Broker::new(args.amqp.amqp_url.clone(), SERVICE_TIMEOUT)),
             metrics.clone(),
+            delivery,
+            worker_tls,
         )?;
         let stopping = CancellationToken::new();
         let http = match args.http.http_addr {

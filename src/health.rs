@@ -1,8 +1,11 @@
 //! The process's own view of whether its workers work: each worker's last
 //! completed iteration, the systemic fault that pauses it, and its restarts
-//! after a panic. Read by gRPC health and the HTTP probes (invariant 9:
-//! a fault that is not a row's never hides).
+//! after a panic; and, with `--worker-addr`, the state of delivery to the
+//! worker application ([`DeliveryHealth`]). Read by gRPC health and the
+//! HTTP probes (invariant 9: a fault that is not a row's never hides).
 
+use crate::deliver::health::DeliveryHealth;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +18,8 @@ pub struct Health {
     restarts: AtomicU64,
     /// When the last systemic fault was logged: at most one a minute.
     fault_logged: Mutex<Option<Instant>>,
+    /// Delivery to the worker application, with `--worker-addr`.
+    delivery: Option<Arc<DeliveryHealth>>,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +42,20 @@ impl Health {
             workers: (0..workers).map(|_| WorkerHealth::default()).collect(),
             restarts: AtomicU64::new(0),
             fault_logged: Mutex::new(None),
+            delivery: None,
         }
+    }
+
+    /// Also reports `delivery`'s state (readiness, not liveness: a worker
+    /// application that is down is no reason to restart the sidecar).
+    pub fn with_delivery(mut self, delivery: Option<Arc<DeliveryHealth>>) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// The state of delivery to the worker application, with `--worker-addr`.
+    pub fn delivery(&self) -> Option<&Arc<DeliveryHealth>> {
+        self.delivery.as_ref()
     }
 
     /// Worker `worker` completed an iteration (or is waiting, with a live

@@ -23,7 +23,7 @@
 //! | [`relay`] | the step: claim → publish → await confirms → mark; the pipelined worker step (the next batch sent while the previous one settles); backoff; dead-lettering; the worker loop with its adaptive idle poll, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
-//! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); the `dead-queue` command's operations |
+//! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods (plaintext or TLS) with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); its state for the health endpoints; the `dead-queue` command's operations |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
 //! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
 //! | `proto/` | the gRPC contract and the messaging options (ours, and the o5 / j5 / pentops forms we accept) |

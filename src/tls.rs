@@ -1,7 +1,9 @@
 //! TLS client configurations for both services (rustls with the ring
 //! provider), built once from the URLs' parameters when the configuration
 //! is parsed, so that a missing or unreadable certificate file is a
-//! configuration error at start, not a connection error later.
+//! configuration error at start, not a connection error later; and the
+//! certificate verifier of the worker application's https:// address
+//! (`--worker-addr`, `--worker-ca-file`), built when the relay starts.
 //!
 //! Invariants owned here:
 //! - a configuration that asks for verification verifies: the chain against
@@ -89,25 +91,10 @@ pub fn client_config(
     roots: Option<&Roots>,
     identity: Option<&ClientIdentity>,
 ) -> Result<ClientConfig, TlsError> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match (verify, roots) {
-        (Verify::Nothing, _) => Arc::new(NoVerification(provider.clone())),
-        (mode, Some(roots)) => {
-            let store = Arc::new(load_roots(roots)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            if mode == Verify::ChainOnly {
-                Arc::new(ChainOnly(webpki))
-            } else {
-                webpki
-            }
-        }
-        (_, None) => return Err(TlsError::Verifier("no root certificates given".into())),
-    };
+    let verifier = server_verifier(verify, roots)?;
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -129,6 +116,31 @@ pub fn client_config(
                 })
         }
     }
+}
+
+/// What checks the server's certificate: `roots` is required unless
+/// `verify` is [`Verify::Nothing`]. Also used on its own where the client
+/// builds its TLS configuration itself (tonic, for the worker application).
+pub fn server_verifier(
+    verify: Verify,
+    roots: Option<&Roots>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let provider = provider();
+    Ok(match (verify, roots) {
+        (Verify::Nothing, _) => Arc::new(NoVerification(provider)),
+        (mode, Some(roots)) => {
+            let store = Arc::new(load_roots(roots)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(store, provider)
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            if mode == Verify::ChainOnly {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+        (_, None) => return Err(TlsError::Verifier("no root certificates given".into())),
+    })
 }
 
 fn load_roots(roots: &Roots) -> Result<RootCertStore, TlsError> {

@@ -142,7 +142,7 @@ fn the_probes_and_the_scrape_target_are_the_port_the_configmap_opens() {
         "scrape annotation"
     );
     for probe in [
-        "startupProbe:\n            httpGet: {path: /readyz, port: metrics}",
+        "startupProbe:\n            httpGet: {path: \"/readyz?exclude=worker\", port: metrics}",
         "livenessProbe:\n            httpGet: {path: /livez, port: metrics}",
         "readinessProbe:\n            httpGet: {path: /readyz, port: metrics}",
     ] {

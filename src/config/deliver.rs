@@ -6,12 +6,15 @@
 //! Delivery is off unless `--worker-addr` is given; the other `--worker-*`
 //! flags require it (clap refuses them alone).
 
-use super::AmqpArgs;
 use super::grpc::ReflectionUrl;
 use super::values::{parse_duration, parse_queue_name};
+use super::{AmqpArgs, ConfigError};
+use crate::tls::{Roots, Verify, server_verifier};
 use clap::{Args, Subcommand};
+use rustls::client::danger::ServerCertVerifier;
 use std::num::NonZeroU16;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest queue name the relay consumes: its retry and dead-letter
@@ -21,13 +24,25 @@ pub const MAX_WORKER_QUEUE: usize = 255 - ".retry".len();
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Delivery to the worker application")]
 pub struct WorkerArgs {
-    /// The worker application's gRPC server (e.g. http://127.0.0.1:8080;
-    /// plaintext, as within a pod): turns delivery on. The relay consumes the queues of the services the
-    /// worker implements (from --worker-descriptor-set or
+    /// The worker application's gRPC server: turns delivery on.
+    /// http://host:port is plaintext (as within a pod, e.g.
+    /// http://127.0.0.1:8080); https://host:port is TLS, the worker's
+    /// certificate verified (chain and host name) against --worker-ca-file,
+    /// else the platform's trust store. The relay consumes the queues of the
+    /// services the worker implements (from --worker-descriptor-set or
     /// --worker-reflection) and calls each message's method there; a message
-    /// is acked only once the worker answered OK.
+    /// is acked only once the worker answered OK. Until it consumes (while
+    /// the worker cannot be reached, or the broker is down), /readyz's
+    /// `worker` check and gRPC health (outbox.relay.Delivery, and "") fail
+    /// with the reason; /readyz?exclude=worker leaves it out (a startup
+    /// probe must: the worker starts after the sidecar).
     #[arg(long, env = "OUTBOX_WORKER_ADDR")]
     pub worker_addr: Option<ReflectionUrl>,
+    /// PEM file of the CA certificate(s) that the worker's TLS certificate
+    /// must chain to (https:// --worker-addr only; default: the platform's
+    /// trust store). The certificate must also name the --worker-addr host.
+    #[arg(long, env = "OUTBOX_WORKER_CA_FILE", requires = "worker_addr")]
+    pub worker_ca_file: Option<PathBuf>,
     /// FileDescriptorSet files of the services the worker implements (each
     /// carrying a messaging option). Repeatable; the environment variable
     /// takes a comma-separated list.
@@ -59,6 +74,30 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// Whether the worker is called over TLS (an https:// --worker-addr).
+    pub fn is_tls(&self) -> bool {
+        self.worker_addr
+            .as_ref()
+            .is_some_and(|addr| addr.0.starts_with("https://"))
+    }
+
+    /// The verifier of the worker's certificate, for an https://
+    /// --worker-addr: the chain against --worker-ca-file (else the
+    /// platform's roots) and the host name, always. Built at start, so that
+    /// a missing or unusable CA file stops it.
+    pub fn tls(&self) -> Result<Option<Arc<dyn ServerCertVerifier>>, ConfigError> {
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        let roots = match &self.worker_ca_file {
+            Some(path) => Roots::File(path.clone()),
+            None => Roots::System,
+        };
+        server_verifier(Verify::Full, Some(&roots))
+            .map(Some)
+            .map_err(|e| ConfigError::WorkerTls(e.to_string()))
+    }
+
     /// The worker's own queue: --worker-queue, else the o5 application's
     /// name (`o5_app`).
     pub fn queue(&self, o5_app: Option<&str>) -> Option<String> {
@@ -167,10 +206,32 @@ mod tests {
         ];
         run(&reflected).unwrap().validate().unwrap();
         let tls = ["--worker-addr", "https://w:1", "--worker-reflection"];
+        let tls = run(&tls).unwrap();
+        tls.validate().unwrap();
+        assert!(tls.worker.is_tls());
+        let ca_on_plaintext = [&reflected[..], &["--worker-ca-file", "ca.pem"]].concat();
         assert_eq!(
-            run(&tls).unwrap().validate(),
-            Err(ConfigError::WorkerScheme)
+            run(&ca_on_plaintext).unwrap().validate(),
+            Err(ConfigError::WorkerCaWithoutTls)
         );
+        let missing_ca = [
+            "--worker-addr",
+            "https://w:1",
+            "--worker-reflection",
+            "--worker-ca-file",
+            "/nonexistent/ca.pem",
+        ];
+        let e = run(&missing_ca)
+            .unwrap()
+            .worker
+            .tls()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        for other in ["grpc://w:1", "unix:///tmp/w.sock", "127.0.0.1:8080"] {
+            let e = run(&["--worker-addr", other]).unwrap_err().to_string();
+            assert!(e.contains("https://host:port"), "{other}: {e}");
+        }
         let zero = [&reflected[..], &["--worker-timeout", "0s"]].concat();
         let e = run(&zero).unwrap().validate().unwrap_err();
         assert_eq!(e, ConfigError::ZeroDuration("worker-timeout"));

@@ -162,7 +162,7 @@ impl FromStr for ReflectionUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let url = url::Url::parse(s).map_err(|e| {
-            format!("{e}; expected http://host:port (the application's gRPC server)")
+            format!("{e}; expected http://host:port or https://host:port (the application's gRPC server)")
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(

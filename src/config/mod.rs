@@ -405,9 +405,11 @@ pub enum ConfigError {
     )]
     WorkerServices,
     #[error(
-        "--worker-addr must be an http:// URL: the worker is called in plaintext, as a sidecar calls its own pod over loopback"
+        "--worker-ca-file verifies the worker's TLS certificate, but --worker-addr is http:// (plaintext): use https:// to encrypt, or drop --worker-ca-file"
     )]
-    WorkerScheme,
+    WorkerCaWithoutTls,
+    #[error("TLS to the worker (--worker-addr https://, --worker-ca-file): {0}")]
+    WorkerTls(String),
 }
 
 /// Smallest `--grpc-max-request-size`: room for a message's envelope.
@@ -453,10 +455,8 @@ impl RunArgs {
             ));
         }
         let worker = &self.worker;
-        if let Some(addr) = &worker.worker_addr
-            && !addr.0.starts_with("http://")
-        {
-            return Err(ConfigError::WorkerScheme);
+        if worker.worker_ca_file.is_some() && !worker.is_tls() {
+            return Err(ConfigError::WorkerCaWithoutTls);
         }
         if worker.worker_addr.is_some()
             && worker.worker_descriptor_sets.is_empty()

@@ -13,10 +13,12 @@
 //! worker answered (invariant 11 is kept by [`super::settle`]).
 
 use bytes::{Buf, BufMut, Bytes};
+use rustls::client::danger::ServerCertVerifier;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// Bounds connecting to the worker (a call's own deadline is longer).
@@ -75,6 +77,36 @@ fn never_connected(status: &Status) -> bool {
     false
 }
 
+/// Why connecting to the worker failed, with every cause, and the fix when
+/// its TLS certificate was refused.
+pub fn connect_failure(error: &tonic::transport::Error) -> String {
+    let mut text = super::health::describe(error);
+    if certificate_refused(error) {
+        text.push_str(
+            " (the worker's certificate is not trusted: --worker-ca-file must be the CA that signed it, and the certificate must name the --worker-addr host)",
+        );
+    }
+    text
+}
+
+/// Whether rustls refused the worker's certificate, anywhere in the causes
+/// (tokio-rustls wraps it in an `io::Error`, whose `source` skips it).
+fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(tls, Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The worker application's gRPC server.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -85,11 +117,21 @@ pub struct Worker {
 
 impl Worker {
     /// A client of `addr` (connected on first use, and again after a
-    /// failure); each call gets `timeout`.
-    pub fn new(addr: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(addr.to_owned())?
+    /// failure); each call gets `timeout`. An https:// `addr` is called
+    /// over TLS, the worker's certificate checked by `tls` (its handshake
+    /// bounded like a connect); an http:// one in plaintext.
+    pub fn new(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<Arc<dyn ServerCertVerifier>>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from_shared(addr.to_owned())?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(verifier) = tls {
+            let config = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
+            endpoint = endpoint.tls_config_with_verifier(config, verifier)?;
+        }
         let channel = endpoint.connect_lazy();
         Ok(Self {
             endpoint,
@@ -136,6 +178,11 @@ impl Worker {
     /// Whether the worker accepts a connection now (an HTTP/2 handshake).
     pub async fn probe(&self) -> Result<(), tonic::transport::Error> {
         self.endpoint.connect().await.map(drop)
+    }
+
+    /// Where the worker is, with its TLS (for reading its reflection).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The worker's address, for logs.
@@ -221,7 +268,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let worker = Worker::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
+        let worker = Worker::new(&format!("http://{addr}"), Duration::from_secs(5), None).unwrap();
         let (result, _) = worker
             .call("/x.v1.S/M", Bytes::new(), MetadataMap::new())
             .await;

@@ -6,14 +6,16 @@
 //!   never more than `--worker-prefetch` calls in flight in all (a delivery
 //!   is taken from the consumers only when a call slot is free);
 //! - a session ends when the relay stops, when the worker is unreachable
-//!   (a call could not connect), or on a broker failure; it then
+//!   (a call could not connect, or the probe repeated every
+//!   [`PROBE_EVERY`] while consuming, with or without traffic, failed), or
+//!   on a broker failure; it then
 //!   cancels its consumers, gives back (nack, requeue) what it had received
 //!   but not started, lets the calls in flight finish and settle until a
 //!   deadline, and gives back the messages of calls still unfinished then.
 //!   Nothing is acked on the way out that the worker did not answer OK.
 
 use super::Shared;
-use super::call::Verdict;
+use super::call::{Verdict, Worker, connect_failure};
 use super::inbound::{self, Addressed};
 use super::plan;
 use super::settle::{Received, SettleError, Settler, requeue};
@@ -28,17 +30,23 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+
+/// How often a consuming session checks that the worker still accepts a
+/// connection: a worker gone while no message arrives is reported (and
+/// consuming paused) within about this long, not at the next message.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a session ended.
 #[derive(Debug)]
 pub enum End {
     /// The relay is stopping.
     Stopped,
-    /// A call could not connect to the worker: wait until it is back.
-    WorkerDown,
+    /// The worker could not be connected to (why): wait until it is back.
+    WorkerDown(String),
     /// The broker failed (a consumer ended, a copy or an ack failed).
     Broker(String),
 }
@@ -56,8 +64,9 @@ type Stream = Pin<Box<dyn futures::Stream<Item = Consumed> + Send>>;
 type Settling<'a> =
     Pin<Box<dyn Future<Output = (u64, Result<DeliveryOutcome, SettleError>)> + Send + 'a>>;
 
-/// Declares the plan, consumes until an end, then winds down; `drain_until`
-/// says how long calls in flight may take to finish when stopping.
+/// Consumes the plan's queues (declared) until an end, then winds down;
+/// `drain_until` says how long calls in flight may take to finish when
+/// stopping.
 pub async fn run(
     shared: &Shared,
     plan: &plan::Plan,
@@ -84,9 +93,8 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// Declares `plan`, sets the prefetch and starts a consumer per queue.
+    /// Sets the prefetch and starts a consumer per queue of `plan`.
     async fn open(shared: &'a Shared, plan: &plan::Plan) -> Result<Self, BrokerError> {
-        plan::declare(&shared.broker, plan).await?;
         let channel = shared.broker.open_channel().await?;
         channel
             .basic_qos(shared.settings.prefetch, BasicQosOptions { global: false })
@@ -115,6 +123,7 @@ impl<'a> Session<'a> {
             consumers.push(Box::pin(consumer.map(move |d| (queue.clone(), d))));
         }
         tracing::info!(queues = ?plan.queues, worker = %shared.worker.addr(), "delivering to the worker");
+        shared.status.consuming(&plan.queues);
         Ok(Self {
             shared,
             channel,
@@ -131,13 +140,18 @@ impl<'a> Session<'a> {
     /// they end, until something ends the session.
     async fn consume(&mut self, stop: &CancellationToken) -> End {
         let limit = usize::from(self.shared.settings.prefetch);
+        let watched = watch(&self.shared.worker);
+        tokio::pin!(watched);
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return End::Stopped,
+                error = &mut watched => return End::WorkerDown(error),
                 Some((tag, settled)) = self.inflight.next(), if !self.inflight.is_empty() => {
                     match self.settled(tag, settled) {
-                        Ok(DeliveryOutcome::Requeued) => return End::WorkerDown,
+                        Ok(DeliveryOutcome::Requeued) => {
+                            return End::WorkerDown("a call could not connect to the worker".into());
+                        }
                         Ok(_) => {}
                         Err(e) => return End::Broker(e.to_string()),
                     }
@@ -243,6 +257,16 @@ impl<'a> Session<'a> {
             self.shared
                 .metrics
                 .record_delivery(DeliveryOutcome::Requeued);
+        }
+    }
+}
+
+/// Probes the worker every [`PROBE_EVERY`]; returns why once it fails.
+async fn watch(worker: &Worker) -> String {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if let Err(e) = worker.probe().await {
+            return connect_failure(&e);
         }
     }
 }

@@ -64,9 +64,19 @@ pub enum ReflectionError {
 pub async fn pool_from_reflection(
     url: &str,
     timeout: Duration,
+    pool: DescriptorPool,
+) -> Result<DescriptorPool, ReflectionError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+    pool_from_endpoint(endpoint, timeout, pool).await
+}
+
+/// [`pool_from_reflection`] of the server at `endpoint` (with its TLS).
+pub async fn pool_from_endpoint(
+    endpoint: tonic::transport::Endpoint,
+    timeout: Duration,
     mut pool: DescriptorPool,
 ) -> Result<DescriptorPool, ReflectionError> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    let channel = endpoint
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()

@@ -7,7 +7,9 @@
 //!   serves it), at its real path, from `--descriptor-set` files or the
 //!   application's reflection (`--descriptor-reflection`);
 //! - `o5.messaging.v1.topic.MessageBridgeTopic/Send`;
-//! - `grpc.health.v1.Health` and server reflection.
+//! - `grpc.health.v1.Health` (with `--worker-addr` also for
+//!   [`DELIVERY_SERVICE`], delivery to the worker application) and server
+//!   reflection.
 //!
 //! Invariant: a call answers OK only once its message is safe — committed
 //! to the outbox (outbox mode) or acked by the broker (direct mode); see
@@ -28,6 +30,7 @@ pub mod sink;
 pub mod status;
 pub mod topology;
 
+pub use health::DELIVERY_SERVICE;
 pub use raw::MESSAGE_ID_METADATA;
 pub use topology::{Catalog, TopologyError, method_route};
 

@@ -9,7 +9,13 @@
 //!   application: the database answers (outbox mode), and the broker is
 //!   connected (direct ingress mode only: in outbox mode a broker outage is
 //!   what the outbox buffers through, and an unready sidecar would take the
-//!   application out of its Service). The body lists each check.
+//!   application out of its Service); and, with `--worker-addr`, that
+//!   delivery to the worker application consumes (`worker`: the worker
+//!   accepts connections and the consumers are up). The body lists each
+//!   check. `?exclude=<check>` (repeatable, as the Kubernetes API server's
+//!   own `/readyz` takes it) leaves a check out of the answer: a native
+//!   sidecar's startup probe must not wait for the worker application,
+//!   which the kubelet starts only after that probe passed.
 //!
 //! - `/api/...`: the JSON API ([`api`]) and `/` the console ([`console`]),
 //!   a web page over that API, only with `--admin-token` or on a loopback
@@ -34,7 +40,7 @@ use anyhow::Context;
 use api::ApiSettings;
 use auth::Gate;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -189,6 +195,9 @@ async fn livez(State(probes): Shared) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
+/// The name of the check of delivery to the worker application.
+pub(crate) const WORKER_CHECK: &str = "worker";
+
 /// One check of readiness: a service the sidecar needs, or shutdown.
 pub(crate) struct Check {
     pub name: &'static str,
@@ -196,9 +205,10 @@ pub(crate) struct Check {
 }
 
 /// What `/readyz` (and `/api/health`) check: the database, the broker in
-/// direct ingress mode, and that shutdown has not begun.
+/// direct ingress mode, delivery to the worker with `--worker-addr`, and
+/// that shutdown has not begun.
 pub(crate) async fn readiness(probes: &Probes) -> Vec<Check> {
-    let mut checks = Vec::with_capacity(3);
+    let mut checks = Vec::with_capacity(4);
     let database = match tokio::time::timeout(CHECK_TIMEOUT, probes.database.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -219,6 +229,12 @@ pub(crate) async fn readiness(probes: &Probes) -> Vec<Check> {
             result: connected,
         });
     }
+    if let Some(delivery) = probes.health.delivery() {
+        checks.push(Check {
+            name: WORKER_CHECK,
+            result: delivery.pod_readiness(),
+        });
+    }
     if probes.stopping.is_cancelled() {
         checks.push(Check {
             name: "shutdown",
@@ -228,14 +244,22 @@ pub(crate) async fn readiness(probes: &Probes) -> Vec<Check> {
     checks
 }
 
-async fn readyz(State(probes): Shared) -> (StatusCode, String) {
+async fn readyz(State(probes): Shared, RawQuery(query): RawQuery) -> (StatusCode, String) {
+    let excluded = excluded(query.as_deref());
     let checks = readiness(&probes).await;
-    let ready = checks.iter().all(|check| check.result.is_ok());
+    let ready = checks
+        .iter()
+        .all(|check| check.result.is_ok() || excluded.contains(&check.name));
     let mut body = String::new();
     for Check { name, result } in checks {
+        let mark = if excluded.contains(&name) {
+            " (excluded)"
+        } else {
+            ""
+        };
         let _ = match result {
-            Ok(()) => writeln!(body, "{name}: ok"),
-            Err(e) => writeln!(body, "{name}: failed: {e}"),
+            Ok(()) => writeln!(body, "{name}: ok{mark}"),
+            Err(e) => writeln!(body, "{name}: failed{mark}: {e}"),
         };
     }
     let status = if ready {
@@ -246,9 +270,29 @@ async fn readyz(State(probes): Shared) -> (StatusCode, String) {
     (status, body)
 }
 
+/// The checks a query's `exclude=<name>` pairs leave out (names of no
+/// check are ignored: `exclude=worker` holds without `--worker-addr` too).
+fn excluded(query: Option<&str>) -> Vec<&str> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("exclude="))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exclude_pairs_name_the_checks_left_out() {
+        assert!(excluded(None).is_empty());
+        assert_eq!(excluded(Some("exclude=worker")), ["worker"]);
+        assert_eq!(
+            excluded(Some("verbose&exclude=worker&exclude=database&x=1")),
+            ["worker", "database"]
+        );
+    }
 
     fn accept(value: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -98,11 +98,12 @@ async fn a_worker_down_for_a_while_gets_all_1000_queued_messages_once_it_is_back
     let url = format!("http://{addr}");
     let relay = relay(&env, &names, &url, &[]).await;
     let ids = publish_many(&env, &names.billing, 1000).await;
-    let tried = wait_until(WITHIN, || async {
-        deliveries(&relay, "requeued").await >= 1.0
+    let found = wait_until(WITHIN, || async {
+        let (status, line) = worker_readiness(&relay).await;
+        status == 503 && line.contains("cannot be reached")
     })
     .await;
-    assert!(tried, "the relay found the worker down");
+    assert!(found, "the relay found the worker down");
     assert!(
         wait_ready(&env, &names.billing, 1000).await,
         "paused, every message waits in the queue: {}",

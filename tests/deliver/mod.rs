@@ -2,7 +2,8 @@
 //! RabbitMQ and a real tonic worker server ([`worker`]): each topology end
 //! to end, from the relay's own ingress and from a plain AMQP publisher;
 //! retries, dead letters and their replay; the prefetch bound; a worker
-//! down for a while; shutdown with calls in flight.
+//! down for a while; shutdown with calls in flight; what readiness and
+//! gRPC health say about delivery; TLS to the worker.
 //!
 //! Each test gets its own copy of the test protos' descriptor set
 //! (`tests/proto/test/v1/topics.proto`) in which the broadcast topic and the
@@ -12,7 +13,9 @@
 
 mod dead;
 mod flow;
+mod health;
 mod retry;
+mod tls;
 mod topologies;
 pub mod worker;
 
@@ -26,6 +29,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use prost_reflect::{DynamicMessage, Value};
 use std::path::PathBuf;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use worker::{Options, TestWorker};
 
 pub const ORDERS: &str = "test.v1.OrderEvents";
@@ -276,6 +282,36 @@ pub async fn assert_all_settled(env: &TestEnv, queue: &str) {
     ] {
         assert_eq!(ready(env, &name).await, 0, "{name} is not empty");
     }
+}
+
+/// `/readyz`'s status and its `worker` line (empty when there is none).
+pub async fn worker_readiness(relay: &Running) -> (u16, String) {
+    let reply = relay.get("/readyz", None).await;
+    let line = reply
+        .body
+        .lines()
+        .find(|l| l.starts_with("worker: "))
+        .unwrap_or_default()
+        .to_owned();
+    (reply.status, line)
+}
+
+/// The gRPC health status of `service` at the relay's ingress; `None` when
+/// the check fails (an unknown service, no connection).
+pub async fn grpc_health(relay: &Running, service: &str) -> Option<ServingStatus> {
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let mut client = HealthClient::new(super::channel(relay).await);
+    let reply = client.check(request).await.ok()?;
+    Some(reply.into_inner().status())
+}
+
+/// The `worker` check of `/api/health`.
+pub async fn worker_check(relay: &Running) -> serde_json::Value {
+    let reply = relay.get("/api/health", None).await;
+    let body: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    body["checks"]["worker"].clone()
 }
 
 /// The value of one series in the relay's `/metrics`.

@@ -1,7 +1,8 @@
 //! A worker application for the delivery tests: a real tonic server that
 //! takes every unary call as raw bytes (so a test sees exactly what the
 //! relay sent), records it with its metadata, counts the calls in flight,
-//! and answers as the test's script says.
+//! and answers as the test's script says; in plaintext, or over TLS with a
+//! certificate the test made.
 
 use bytes::{Buf, Bytes};
 use std::convert::Infallible;
@@ -90,6 +91,8 @@ pub struct Options {
     pub hang: bool,
     /// Serve server reflection of this FileDescriptorSet.
     pub reflection: Option<Vec<u8>>,
+    /// Serve TLS with this certificate (PEM) and key (PEM).
+    pub tls: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -99,6 +102,7 @@ impl Default for Options {
             work: Duration::ZERO,
             hang: false,
             reflection: None,
+            tls: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub fn ok() -> Script {
 /// A worker serving on a port of its own until dropped or stopped.
 pub struct TestWorker {
     pub addr: SocketAddr,
+    tls: bool,
     pub state: Arc<State>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
@@ -152,11 +157,19 @@ impl TestWorker {
             .fallback_service(Service {
                 state: state.clone(),
             });
+        let mut server = tonic::transport::Server::builder();
+        let tls = options.tls.is_some();
+        if let Some((cert, key)) = &options.tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("a TLS configuration");
+        }
         let stop = CancellationToken::new();
         let served = tokio::spawn({
             let stop = stop.clone();
             async move {
-                let _ = tonic::transport::Server::builder()
+                let _ = server
                     .add_routes(tonic::service::Routes::from(router))
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -167,14 +180,17 @@ impl TestWorker {
         });
         Self {
             addr,
+            tls,
             state,
             stop,
             served,
         }
     }
 
+    /// `http://<addr>`, or `https://<addr>` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving: the port refuses connections from then on.

@@ -1,6 +1,7 @@
 //! `GET /api/health` (the readiness checks of `/readyz` and the workers'
-//! liveness of `/livez`, as JSON with their detail) and `GET /api/stats`
-//! (the table at a glance, see `crate::outbox::Overview`).
+//! liveness of `/livez`, as JSON with their detail, delivery to the worker
+//! application's among them) and `GET /api/stats` (the table at a glance,
+//! see `crate::outbox::Overview`).
 //!
 //! The stats' cost follows the backlog (1.2 s for 900,000 pending rows in
 //! the API benchmark), and every open console asks for them every few
@@ -12,7 +13,8 @@
 
 use super::error::ApiError;
 use super::{ApiState, json};
-use crate::http::readiness;
+use crate::deliver::health::{DeliveryHealth, rfc3339};
+use crate::http::{WORKER_CHECK, readiness};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -36,6 +38,11 @@ pub async fn health(State(api): Api) -> Response {
         };
         checks.insert(check.name.to_owned(), value);
     }
+    if let (Some(delivery), Some(Value::Object(check))) =
+        (probes.health.delivery(), checks.get_mut(WORKER_CHECK))
+    {
+        check.extend(delivery_detail(delivery));
+    }
     let problems = probes.health.problems(probes.liveness_window);
     checks.insert(
         "workers".to_owned(),
@@ -58,6 +65,22 @@ pub async fn health(State(api): Api) -> Response {
         status,
         &json!({ "status": if ok { "ok" } else { "failing" }, "checks": checks }),
     )
+}
+
+/// The state of delivery to the worker: what it does since when, on which
+/// queues, and its latest failure.
+fn delivery_detail(delivery: &DeliveryHealth) -> Map<String, Value> {
+    let state = delivery.snapshot();
+    let mut detail = Map::new();
+    detail.insert("addr".into(), json!(delivery.addr()));
+    detail.insert("state".into(), json!(state.phase.as_str()));
+    if let crate::deliver::health::Phase::Starting { step } = state.phase {
+        detail.insert("step".into(), json!(step));
+    }
+    detail.insert("since".into(), json!(rfc3339(state.since)));
+    detail.insert("queues".into(), json!(state.queues));
+    detail.insert("last_error".into(), json!(state.last_error));
+    detail
 }
 
 /// Stats are reused for at least this long.
