@@ -263,7 +263,12 @@ async fn migrating_twice_is_a_no_op() {
     assert_eq!(report["applied"], serde_json::json!([]));
     assert_eq!(
         report["already_applied"],
-        serde_json::json!(["0001_outbox", "0002_wakeup", "0003_browse"])
+        serde_json::json!([
+            "0001_outbox",
+            "0002_wakeup",
+            "0003_browse",
+            "0004_text_message_id"
+        ])
     );
     let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
     let applied_again: String = pg

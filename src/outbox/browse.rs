@@ -14,11 +14,10 @@
 //! - no value a row holds can fail its decoding (invariant 8): timestamps
 //!   are rendered by the database (±infinity as text), headers read as text.
 
-use super::{Outbox, RowKey, StoreError, row::typed};
+use super::{MessageId, Outbox, RowKey, StoreError, row::typed};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::types::{ToSql, Type};
-use uuid::Uuid;
 
 /// The longest an operator's read may run before the database cancels it.
 pub const BROWSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,13 +93,14 @@ pub struct Filter {
     pub exchange: Option<String>,
     /// Exact.
     pub routing_key: Option<String>,
-    pub message_id: Option<Uuid>,
+    /// Exact, byte for byte.
+    pub message_id: Option<MessageId>,
     /// The row entered its state at or after this (`created_at`, `sent_at` or `dead_at`, by state).
     pub since: Option<SystemTime>,
     /// The row entered its state before this.
     pub until: Option<SystemTime>,
-    /// A case-insensitive substring of the routing key or of the message_id
-    /// (as text). Checked on the rows the indexed filters walk.
+    /// A case-insensitive substring of the routing key or of the
+    /// message_id. Checked on the rows the indexed filters walk.
     pub search: Option<String>,
 }
 
@@ -115,7 +115,7 @@ pub struct Page {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listed {
     pub id: i64,
-    pub message_id: Uuid,
+    pub message_id: MessageId,
     pub state: RowState,
     pub exchange: String,
     pub routing_key: String,
@@ -175,7 +175,7 @@ fn decode_listed(row: &tokio_postgres::Row) -> Result<Listed, StoreError> {
     });
     Ok(Listed {
         id: typed(row, 0, "id", "bigint")?,
-        message_id: typed(row, 1, "message_id", "uuid")?,
+        message_id: MessageId::stored(typed(row, 1, "message_id", "text")?),
         state: RowState::of(sent, dead),
         exchange: typed(row, 4, "exchange", "text")?,
         routing_key: typed(row, 5, "routing_key", "text")?,
@@ -228,12 +228,12 @@ fn compose_list<'a>(
         common.push(format!("routing_key = {}", q.bind(routing_key, Type::TEXT)));
     }
     if let Some(message_id) = &filter.message_id {
-        common.push(format!("message_id = {}", q.bind(message_id, Type::UUID)));
+        common.push(format!("message_id = {}", q.bind(message_id, Type::TEXT)));
     }
     if let Some(search) = &bound.search {
         let p = q.bind(search, Type::TEXT);
         common.push(format!(
-            "(strpos(lower(routing_key), {p}) > 0 OR strpos(message_id::text, {p}) > 0)"
+            "(strpos(lower(routing_key), {p}) > 0 OR strpos(lower(message_id COLLATE \"default\"), {p}) > 0)"
         ));
     }
     if let Some(before) = &bound.before {
@@ -343,7 +343,7 @@ impl Outbox {
                 self.browse_query(&sql("id"), &params).await?
             }
             RowKey::MessageId(m) => {
-                let params = [(m as &(dyn ToSql + Sync), Type::UUID), (&max, Type::INT4)];
+                let params = [(m as &(dyn ToSql + Sync), Type::TEXT), (&max, Type::INT4)];
                 self.browse_query(&sql("message_id"), &params).await?
             }
         };

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_browse",
         sql: include_str!("../../sql/0003_browse.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_text_message_id",
+        sql: include_str!("../../sql/0004_text_message_id.sql"),
+    },
 ];
 
 /// What a `migrate` run did.

@@ -267,7 +267,7 @@ async fn o5_sends_that_break_its_rules_are_refused() {
             ..ok.clone()
         },
         Message {
-            message_id: "not-a-uuid".into(),
+            message_id: "m".repeat(256),
             ..ok.clone()
         },
         Message {

@@ -157,11 +157,11 @@ async fn bad_requests_are_refused_with_their_code_and_store_nothing() {
     let cases = [
         (
             PublishRequest {
-                message_id: "order-42".into(),
+                message_id: "m".repeat(256),
                 ..ok.clone()
             },
             Code::InvalidArgument,
-            "UUID",
+            "message_id is 256 bytes",
         ),
         (
             PublishRequest {
