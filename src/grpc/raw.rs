@@ -183,8 +183,7 @@ fn message_id_of(request: &Request<Bytes>) -> Result<Option<MessageId>, IngressE
         return Ok(None);
     };
     // gRPC metadata is printable ASCII; UTF-8 beyond it is read as text too.
-    let text =
-        std::str::from_utf8(value.as_bytes()).map_err(|_| IngressError::MessageIdNotText)?;
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| IngressError::MessageIdNotText)?;
     Ok(MessageId::optional(text)?)
 }
 

@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 pub enum IngressError {
     #[error("invalid message: {0}")]
     Encode(#[from] EncodeError),
-    #[error("{0} (give 1 to 255 bytes of text without control characters, or none to have one generated)")]
+    #[error("{0}")]
     MessageId(#[from] MessageIdError),
     #[error("the message-id metadata is not UTF-8 text")]
     MessageIdNotText,

@@ -170,10 +170,7 @@ mod tests {
     #[test]
     fn an_empty_optional_id_is_none_and_a_generated_one_is_a_canonical_uuid() {
         assert_eq!(MessageId::optional(""), Ok(None));
-        assert_eq!(
-            MessageId::optional("m-1").unwrap().unwrap().as_str(),
-            "m-1"
-        );
+        assert_eq!(MessageId::optional("m-1").unwrap().unwrap().as_str(), "m-1");
         let id = MessageId::generate();
         let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
         assert_eq!(uuid.hyphenated().to_string(), id.as_str());

@@ -35,8 +35,7 @@ pub use listen::run_listener;
 pub use message_id::{MessageId, MessageIdError};
 pub use overview::{Backlog, Overview, Rates, RouteCount};
 pub use row::{
-    Claimed, Inserted, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats,
-    TableGauges,
+    Claimed, Inserted, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats, TableGauges,
 };
 pub use sql::Statements;
 

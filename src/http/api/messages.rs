@@ -188,7 +188,10 @@ pub async fn insert(
         .await
         .map_err(IngressError::Store)?;
     // `admit` gave the message its id.
-    let message_id = message.message_id.clone().unwrap_or_else(MessageId::generate);
+    let message_id = message
+        .message_id
+        .clone()
+        .unwrap_or_else(MessageId::generate);
     let (status, id, duplicate) = match stored {
         Inserted::New(id, _) => {
             if message.delay.is_zero() {
