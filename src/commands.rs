@@ -95,7 +95,7 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
         args.payload.clone().into_bytes()
     };
     let message = NewMessage {
-        message_id: args.message_id,
+        message_id: args.message_id.clone(),
         exchange: args.exchange.clone(),
         routing_key: args.routing_key.clone(),
         payload,
@@ -132,7 +132,7 @@ pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
     let row = outbox
         .find(&args.key)
         .await?
-        .with_context(|| format!("no row {:?} in {}", args.key, outbox.table()))?;
+        .with_context(|| format!("no row with {} in {}", args.key, outbox.table()))?;
     emit(serde_json::to_string_pretty(&row)?)?;
     Ok(())
 }

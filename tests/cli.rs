@@ -267,7 +267,8 @@ async fn migrating_twice_is_a_no_op() {
             "0001_outbox",
             "0002_wakeup",
             "0003_browse",
-            "0004_route_indexes"
+            "0004_text_message_id",
+            "0005_route_indexes"
         ])
     );
     let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
@@ -441,4 +442,161 @@ async fn send_show_stats_and_replay_work_from_the_command_line() {
         1
     );
     env.drop_schema().await;
+}
+
+/// The schema of migrations 0001-0003, with rows in every state and ids
+/// bound as uuid (as applications did): 0004 keeps every row and its id,
+/// and from then on any text is an id, once.
+#[tokio::test]
+async fn migration_0004_keeps_every_row_and_makes_message_id_text() {
+    use outbox_relay::outbox::{Identifier, migrate};
+    let schema = unique("upgrade");
+    let pg = pg_client().await;
+    let ident = Identifier::parse(&schema).unwrap();
+    for m in &migrate::MIGRATIONS[..3] {
+        pg.batch_execute(&migrate::render(m.sql, &ident))
+            .await
+            .unwrap();
+    }
+    let t = format!("\"{schema}\".outbox");
+    let given = uuid::Uuid::new_v4();
+    pg.execute(
+        &format!("INSERT INTO {t} (message_id, routing_key, payload) VALUES ($1, 'q', 'given')"),
+        &[&given],
+    )
+    .await
+    .unwrap();
+    pg.batch_execute(&format!(
+        "INSERT INTO {t} (routing_key, payload, sent_at, dead_at)
+         SELECT 'q', convert_to('p' || g, 'UTF8'), CASE WHEN g % 3 = 1 THEN now() END,
+                CASE WHEN g % 3 = 2 THEN now() END
+         FROM generate_series(1, 500) g"
+    ))
+    .await
+    .unwrap();
+    let snapshot = format!(
+        "SELECT count(*)::text || '|' || string_agg(concat_ws(':', id, message_id::text, payload,
+                sent_at, dead_at, attempts), ',' ORDER BY id) FROM {t}"
+    );
+    let before: String = pg.query_one(&snapshot, &[]).await.unwrap().get(0);
+    assert!(before.starts_with("501|"), "{before}");
+
+    // A relay of this version refuses the old shape, saying what to do.
+    let out = output(relay(&["run", "--schema", &schema])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("0004_text_message_id"), "{stderr}");
+    assert!(stderr.contains("outbox-relay migrate"), "{stderr}");
+
+    let out = output(relay(&["migrate", "--schema", &schema])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["applied"],
+        serde_json::json!(["0004_text_message_id", "0005_route_indexes"])
+    );
+    let after: String = pg.query_one(&snapshot, &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "every row, id and state kept");
+    let column: String = pg
+        .query_one(
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attname = 'message_id'",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(column, "text");
+    let with = |id: &str| {
+        let sql = format!("SELECT count(*) FROM {t} WHERE message_id = $1");
+        let pg = &pg;
+        let id = id.to_owned();
+        async move { pg.query_one(&sql, &[&id]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(with(&given.to_string()).await, 1, "lowercase, hyphenated");
+
+    // Still one row per id; the default is a UUID as text; the check holds.
+    let insert = format!(
+        "INSERT INTO {t} (message_id, routing_key, payload) VALUES ($1, 'q', 'again')
+         ON CONFLICT (message_id) DO NOTHING"
+    );
+    let again = pg.execute(&insert, &[&given.to_string()]).await.unwrap();
+    assert_eq!(again, 0, "a repeated id is stored once");
+    // As the README says: a uuid::Uuid no longer binds to the column (the
+    // client checks it against the inferred type); `$1::uuid` still works.
+    let e = pg.execute(&insert, &[&given]).await.unwrap_err();
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("cannot convert")),
+        "{e:?}"
+    );
+    let cast = insert.replace("($1,", "($1::uuid,");
+    assert_eq!(
+        pg.execute(&cast, &[&uuid::Uuid::new_v4()]).await.unwrap(),
+        1
+    );
+    let made: String = pg
+        .query_one(
+            &format!(
+                "INSERT INTO {t} (routing_key, payload) VALUES ('q', 'x') RETURNING message_id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    for bad in [String::new(), "m".repeat(256)] {
+        let e = pg.execute(&insert, &[&bad]).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{e}"
+        );
+    }
+
+    // `send` takes any text as the id, once; `show` finds it by that text.
+    let text_id = "Order 7/v2: ünïcode";
+    let send = || {
+        relay(&[
+            "send",
+            "--schema",
+            &schema,
+            "-k",
+            "q",
+            "--message-id",
+            text_id,
+            "hi",
+        ])
+    };
+    let first: serde_json::Value = serde_json::from_slice(&output(send()).await.stdout).unwrap();
+    assert_eq!(first["message_id"], text_id);
+    let second: serde_json::Value = serde_json::from_slice(&output(send()).await.stdout).unwrap();
+    assert_eq!(second["duplicate"], true);
+    let shown = output(relay(&["show", "--schema", &schema, text_id])).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["message_id"], text_id);
+    assert_eq!(shown["id"], first["id"]);
+    let refused = output(relay(&[
+        "send",
+        "--schema",
+        &schema,
+        "-k",
+        "q",
+        "--message-id",
+        &"m".repeat(256),
+        "x",
+    ]))
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "refused as a bad argument");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("at most 255"));
+    pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
 }

@@ -364,12 +364,13 @@ async fn produce(
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
         ticks.tick().await;
-        let id = uuid::Uuid::new_v4();
+        // message_id is text (migration 0004): bound as a string.
+        let id = uuid::Uuid::new_v4().to_string();
         pg.execute(&insert, &[&id, &queue, &(payload as i32)])
             .await
             .unwrap();
         let at = epoch_ms(SystemTime::now());
-        committed.lock().await.insert(id.to_string(), at);
+        committed.lock().await.insert(id, at);
     }
 }
 

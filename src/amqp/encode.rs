@@ -4,13 +4,12 @@
 //! frame is sent, so a malformed row fails alone (invariant 8) instead of
 //! closing the channel under its whole batch.
 
-use crate::outbox::{NewMessage, OutboxRow};
+use crate::outbox::{MessageId, NewMessage, OutboxRow};
 use crate::telemetry::TraceContext;
 use crate::telemetry::context::{TRACEPARENT, TRACESTATE};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::Value;
-use uuid::Uuid;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -93,7 +92,7 @@ pub fn encode_traced(
         }
     }
     let draft = Draft {
-        message_id: row.message_id.0,
+        message_id: &row.message_id,
         exchange: &row.exchange,
         routing_key: &row.routing_key,
         content_type: row.content_type.as_deref(),
@@ -108,7 +107,7 @@ pub fn encode_traced(
 /// could never publish is refused at the door instead of dead-lettered later.
 pub fn encode_new(
     message: &NewMessage,
-    message_id: Uuid,
+    message_id: &MessageId,
     created_epoch: i64,
     limits: Limits,
 ) -> Result<Encoded, EncodeError> {
@@ -125,7 +124,7 @@ pub fn encode_new(
 
 /// Everything of a message but its payload and headers, borrowed.
 struct Draft<'a> {
-    message_id: Uuid,
+    message_id: &'a MessageId,
     exchange: &'a str,
     routing_key: &'a str,
     content_type: Option<&'a str>,
@@ -144,7 +143,8 @@ fn envelope(
             max: limits.max_payload,
         });
     }
-    let message_id = draft.message_id.hyphenated().to_string();
+    // Verbatim: consumers de-duplicate on exactly what the sender chose.
+    let message_id = draft.message_id.as_str().to_owned();
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_message_id(short("message_id", message_id)?)
@@ -322,10 +322,10 @@ mod tests {
 
     #[test]
     fn a_payload_above_the_limit_is_refused_before_publishing() {
-        use crate::outbox::{MessageId, RowId};
+        use crate::outbox::RowId;
         let row = OutboxRow {
             id: RowId(1),
-            message_id: MessageId(uuid::Uuid::new_v4()),
+            message_id: MessageId::generate(),
             exchange: String::new(),
             routing_key: "q".into(),
             payload: None,
@@ -350,11 +350,44 @@ mod tests {
     }
 
     #[test]
-    fn headers_above_the_frame_size_are_refused_before_publishing() {
-        use crate::outbox::{MessageId, RowId};
+    fn the_message_id_is_published_verbatim_and_an_overlong_stored_one_fails_its_row() {
+        use crate::outbox::RowId;
         let mut row = OutboxRow {
             id: RowId(1),
-            message_id: MessageId(uuid::Uuid::new_v4()),
+            message_id: MessageId::parse("Order-42 / v2").unwrap(),
+            exchange: String::new(),
+            routing_key: "q".into(),
+            payload: Some(Vec::new()),
+            payload_len: 0,
+            content_type: None,
+            headers: json!({}),
+            attempts: 0,
+            created_epoch: None,
+        };
+        let limits = Limits {
+            max_payload: 1024,
+            frame_max: 131_072,
+        };
+        let encoded = encode(&row, limits).unwrap();
+        assert_eq!(
+            encoded.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("Order-42 / v2")
+        );
+        // Only an application writing the table can store one this long
+        // (before migration 0004's check, or with it dropped).
+        row.message_id = MessageId::stored("m".repeat(256));
+        assert!(matches!(
+            encode(&row, limits),
+            Err(EncodeError::TooLong { field, len: 256 }) if field == "message_id"
+        ));
+    }
+
+    #[test]
+    fn headers_above_the_frame_size_are_refused_before_publishing() {
+        use crate::outbox::RowId;
+        let mut row = OutboxRow {
+            id: RowId(1),
+            message_id: MessageId::generate(),
             exchange: String::new(),
             routing_key: "q".into(),
             payload: Some(Vec::new()),

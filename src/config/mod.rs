@@ -22,7 +22,7 @@ pub use http::{DEFAULT_HTTP_ADDR, HttpArgs, HttpListen};
 pub use tls::{AmqpTls, SslMode};
 pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
 
-use crate::outbox::{Identifier, OnSent, RowKey};
+use crate::outbox::{Identifier, MessageId, OnSent, RowKey};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -321,9 +321,10 @@ pub struct SendArgs {
     /// AMQP content type, e.g. application/json.
     #[arg(long)]
     pub content_type: Option<String>,
-    /// message_id to use (a UUID); generated when absent. A repeated id is stored once.
+    /// message_id to use: any text of 1 to 255 bytes without control characters, kept verbatim;
+    /// a UUID is generated when absent. A repeated id is stored once.
     #[arg(long)]
-    pub message_id: Option<uuid::Uuid>,
+    pub message_id: Option<MessageId>,
     /// Publish no earlier than this from now, e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -335,7 +336,7 @@ pub struct SendArgs {
 pub struct ShowArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Row id (integer) or message_id (UUID).
+    /// Row id (digits only) or message_id (any other text).
     pub key: RowKey,
 }
 

@@ -5,7 +5,7 @@
 use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
-use crate::outbox::NewMessage;
+use crate::outbox::{MessageId, NewMessage};
 use crate::proto::outbox::v1::publisher_server::Publisher;
 use crate::proto::outbox::v1::{PublishBatchRequest, PublishRequest};
 use serde_json::Value;
@@ -72,15 +72,11 @@ fn to_new_message(request: PublishRequest) -> Result<NewMessage, IngressError> {
     Ok(message)
 }
 
-/// A sender's `message_id`: a UUID, or empty for one generated on storing.
+/// A sender's `message_id`: any text of 1 to 255 bytes without control
+/// characters (kept verbatim), or empty for one generated on storing.
 /// Shared with the HTTP API (`POST /api/messages`).
-pub fn parse_message_id(id: &str) -> Result<Option<uuid::Uuid>, IngressError> {
-    match id {
-        "" => Ok(None),
-        id => uuid::Uuid::parse_str(id)
-            .map(Some)
-            .map_err(|_| IngressError::MessageId(id.to_owned())),
-    }
+pub fn parse_message_id(id: &str) -> Result<Option<MessageId>, IngressError> {
+    Ok(MessageId::optional(id)?)
 }
 
 /// The generic publisher's rule on where a message goes, whichever door

@@ -13,7 +13,7 @@ use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
 use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, Route};
-use crate::outbox::NewMessage;
+use crate::outbox::{MessageId, NewMessage};
 use bytes::{Buf, Bytes};
 use serde_json::Value;
 use std::convert::Infallible;
@@ -26,7 +26,8 @@ use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
 
 /// Metadata key with which a caller of a topic service sets the message_id
-/// (a UUID), so that a retried call is stored once.
+/// (any text [`MessageId::parse`] accepts, kept verbatim), so that a
+/// retried call is stored once. Empty or absent: one is generated.
 pub const MESSAGE_ID_METADATA: &str = "message-id";
 
 /// The catalog of topic services; `None` until the application's reflection
@@ -177,14 +178,13 @@ impl Shared {
     }
 }
 
-fn message_id_of(request: &Request<Bytes>) -> Result<Option<uuid::Uuid>, IngressError> {
+fn message_id_of(request: &Request<Bytes>) -> Result<Option<MessageId>, IngressError> {
     let Some(value) = request.metadata().get(MESSAGE_ID_METADATA) else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or_default();
-    uuid::Uuid::parse_str(text)
-        .map(Some)
-        .map_err(|_| IngressError::MessageId(text.to_owned()))
+    // gRPC metadata is printable ASCII; UTF-8 beyond it is read as text too.
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| IngressError::MessageIdNotText)?;
+    Ok(MessageId::optional(text)?)
 }
 
 /// Reads a request as the bytes it is; answers `google.protobuf.Empty`,

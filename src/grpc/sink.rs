@@ -20,12 +20,11 @@ use crate::amqp::publish::Outgoing;
 use crate::amqp::{Broker, ExchangeState, Limits, Publisher, encode_new};
 use crate::config::IngressMode;
 use crate::metrics::Metrics;
-use crate::outbox::{NewMessage, Outbox};
+use crate::outbox::{MessageId, NewMessage, Outbox};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
-use uuid::Uuid;
 
 /// Stores what the ingress accepts.
 pub struct Sink {
@@ -101,7 +100,7 @@ impl Sink {
             // The call's span (grpc::observe) names what it stores.
             let ids: Vec<String> = messages
                 .iter()
-                .filter_map(|m| m.message_id.map(|id| id.to_string()))
+                .filter_map(|m| m.message_id.as_ref().map(MessageId::to_string))
                 .collect();
             tracing::Span::current().record("messaging.message.ids", ids.join(","));
         }
@@ -135,12 +134,16 @@ impl Sink {
             if state == ExchangeState::Missing {
                 return Err(IngressError::ExchangeMissing(message.exchange.clone()));
             }
-            let id = message.message_id.unwrap_or_default();
+            // `admit` gave every message its id.
+            let id = message
+                .message_id
+                .clone()
+                .unwrap_or_else(MessageId::generate);
             batch.push(Outgoing {
                 payload: &message.payload,
                 envelope: encode_new(
                     message,
-                    id,
+                    &id,
                     created,
                     self.broker.limits(self.max_message_size),
                 )?,
@@ -193,8 +196,11 @@ impl Sink {
 pub fn admit(message: &mut NewMessage, limits: Limits) -> Result<(), IngressError> {
     // Fixing the id here keeps it stable across the check and the store,
     // and lets direct mode publish what outbox mode would.
-    let id = *message.message_id.get_or_insert_with(Uuid::new_v4);
-    encode_new(message, id, 0, limits)?;
+    let id = message
+        .message_id
+        .get_or_insert_with(MessageId::generate)
+        .clone();
+    encode_new(message, &id, 0, limits)?;
     Ok(())
 }
 

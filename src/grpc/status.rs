@@ -6,7 +6,7 @@
 //! message_id". Nothing that failed was acknowledged as stored.
 
 use crate::amqp::{BrokerError, EncodeError, PublishError};
-use crate::outbox::StoreError;
+use crate::outbox::{MessageIdError, StoreError};
 use std::time::Duration;
 use tonic::{Code, Status};
 
@@ -15,8 +15,10 @@ use tonic::{Code, Status};
 pub enum IngressError {
     #[error("invalid message: {0}")]
     Encode(#[from] EncodeError),
-    #[error("message_id {0:?} is not a UUID (e.g. 0b9d6f3e-4a7c-4d0e-9a51-3f2c8e7b1d20)")]
-    MessageId(String),
+    #[error("{0}")]
+    MessageId(#[from] MessageIdError),
+    #[error("the message-id metadata is not UTF-8 text")]
+    MessageIdNotText,
     #[error("delay {0} is outside 0 to 900 seconds")]
     DelayOutOfRange(i64),
     #[error("a negative delay")]
@@ -53,6 +55,7 @@ impl IngressError {
             Self::Encode(EncodeError::TooLarge { .. }) => Code::ResourceExhausted,
             Self::Encode(_)
             | Self::MessageId(_)
+            | Self::MessageIdNotText
             | Self::DelayOutOfRange(_)
             | Self::NegativeDelay
             | Self::EmptyBatch
@@ -175,7 +178,7 @@ mod tests {
     #[test]
     fn retryable_failures_and_final_refusals_get_distinct_codes() {
         assert_eq!(
-            IngressError::MessageId("x".into()).code(),
+            IngressError::MessageId(MessageIdError::TooLong(256)).code(),
             Code::InvalidArgument
         );
         assert_eq!(

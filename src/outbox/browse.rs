@@ -14,11 +14,10 @@
 //! - no value a row holds can fail its decoding (invariant 8): timestamps
 //!   are rendered by the database (±infinity as text), headers read as text.
 
-use super::{Outbox, RowKey, StoreError, row::typed};
+use super::{MessageId, Outbox, RowKey, StoreError, row::typed};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::types::{ToSql, Type};
-use uuid::Uuid;
 
 /// The longest an operator's read may run before the database cancels it.
 pub const BROWSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,7 +93,8 @@ pub struct Filter {
     pub exchange: Option<String>,
     /// Exact.
     pub routing_key: Option<String>,
-    pub message_id: Option<Uuid>,
+    /// Exact, byte for byte.
+    pub message_id: Option<MessageId>,
     /// The row entered its state at or after this (`created_at`, `sent_at` or `dead_at`, by state).
     pub since: Option<SystemTime>,
     /// The row entered its state before this.
@@ -114,7 +114,7 @@ pub struct Page {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listed {
     pub id: i64,
-    pub message_id: Uuid,
+    pub message_id: MessageId,
     pub state: RowState,
     pub exchange: String,
     pub routing_key: String,
@@ -174,7 +174,7 @@ fn decode_listed(row: &tokio_postgres::Row) -> Result<Listed, StoreError> {
     });
     Ok(Listed {
         id: typed(row, 0, "id", "bigint")?,
-        message_id: typed(row, 1, "message_id", "uuid")?,
+        message_id: MessageId::stored(typed(row, 1, "message_id", "text")?),
         state: RowState::of(sent, dead),
         exchange: typed(row, 4, "exchange", "text")?,
         routing_key: typed(row, 5, "routing_key", "text")?,
@@ -207,8 +207,8 @@ impl<'a> Composed<'a> {
 struct Bound {
     /// `q`, lowercased: matched within routing keys.
     search: Option<String>,
-    /// `q` when it is a message id: matched against message ids.
-    search_id: Option<Uuid>,
+    /// `q` as given: matched against message ids, byte for byte.
+    search_id: Option<String>,
     before: Option<i64>,
     limit: i64,
 }
@@ -217,7 +217,7 @@ impl Bound {
     fn new(filter: &Filter, before: Option<i64>, limit: i64) -> Self {
         Self {
             search: filter.search.as_ref().map(|s| s.to_lowercase()),
-            search_id: filter.search.as_deref().and_then(|s| s.trim().parse().ok()),
+            search_id: filter.search.clone(),
             before,
             limit,
         }
@@ -244,11 +244,11 @@ fn compose_list<'a>(
     let exchange = filter.exchange.as_ref().map(|e| q.bind(e, Type::TEXT));
     let routing_key = filter.routing_key.as_ref().map(|k| q.bind(k, Type::TEXT));
     let search = bound.search.as_ref().map(|s| q.bind(s, Type::TEXT));
-    let search_id = bound.search_id.as_ref().map(|m| q.bind(m, Type::UUID));
+    let search_id = bound.search_id.as_ref().map(|m| q.bind(m, Type::TEXT));
     // Conditions on the row besides its route and the search.
     let mut common = Vec::new();
     if let Some(message_id) = &filter.message_id {
-        common.push(format!("message_id = {}", q.bind(message_id, Type::UUID)));
+        common.push(format!("message_id = {}", q.bind(message_id, Type::TEXT)));
     }
     if let Some(before) = &bound.before {
         common.push(format!("id < {}", q.bind(before, Type::INT8)));
@@ -401,7 +401,7 @@ impl Outbox {
                 self.browse_query(&sql("id"), &params).await?
             }
             RowKey::MessageId(m) => {
-                let params = [(m as &(dyn ToSql + Sync), Type::UUID), (&max, Type::INT4)];
+                let params = [(m as &(dyn ToSql + Sync), Type::TEXT), (&max, Type::INT4)];
                 self.browse_query(&sql("message_id"), &params).await?
             }
         };
@@ -445,17 +445,23 @@ mod tests {
 
     #[test]
     fn a_routing_key_alone_or_a_search_walks_the_states_routes() {
-        for filter in [
-            Filter {
-                state: Some(RowState::Pending),
-                routing_key: Some("k".into()),
-                ..Filter::default()
-            },
-            Filter {
-                state: Some(RowState::Pending),
-                search: Some("Orders".into()),
-                ..Filter::default()
-            },
+        for (filter, looks_up_id) in [
+            (
+                Filter {
+                    state: Some(RowState::Pending),
+                    routing_key: Some("k".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    state: Some(RowState::Pending),
+                    search: Some("Orders".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
         ] {
             let (sql, _) = compose(&filter);
             assert!(sql.contains("WITH RECURSIVE r"), "{sql}");
@@ -467,30 +473,25 @@ mod tests {
                 sql.contains("exchange = r.exchange AND routing_key = r.routing_key"),
                 "{sql}"
             );
-            assert!(!sql.contains("message_id"), "not an id: {sql}");
+            assert_eq!(sql.contains("message_id"), looks_up_id, "{sql}");
         }
-        let (sql, _) = compose(&Filter {
-            state: Some(RowState::Pending),
-            search: Some("k".into()),
-            ..Filter::default()
-        });
-        assert!(
-            sql.contains("strpos(lower(r.routing_key), $1) > 0"),
-            "{sql}"
-        );
-        // A search that is a message id also looks it up.
-        let id = Uuid::new_v4();
+        // A search is a part of a routing key, case-insensitive, or a
+        // message id as given.
         let by_id = Filter {
             state: Some(RowState::Dead),
             exchange: Some("e".into()),
-            search: Some(id.to_string().to_uppercase()),
+            search: Some("Order-42".into()),
             ..Filter::default()
         };
         let bound = Bound::new(&by_id, None, 5);
-        assert_eq!(bound.search_id, Some(id));
-        assert_eq!(bound.search, Some(id.to_string()));
+        assert_eq!(bound.search_id.as_deref(), Some("Order-42"));
+        assert_eq!(bound.search.as_deref(), Some("order-42"));
         let (sql, params) = compose(&by_id);
         assert_eq!(params, 5, "{sql}");
+        assert!(
+            sql.contains("strpos(lower(r.routing_key), $2) > 0"),
+            "{sql}"
+        );
         assert!(
             sql.contains("AND exchange = $1 AND (exchange, routing_key) >"),
             "{sql}"

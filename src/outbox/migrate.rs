@@ -37,8 +37,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
-        name: "0004_route_indexes",
-        sql: include_str!("../../sql/0004_route_indexes.sql"),
+        name: "0004_text_message_id",
+        sql: include_str!("../../sql/0004_text_message_id.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_route_indexes",
+        sql: include_str!("../../sql/0005_route_indexes.sql"),
     },
 ];
 

@@ -18,6 +18,7 @@ mod dead;
 mod error;
 mod ident;
 mod listen;
+mod message_id;
 pub mod migrate;
 mod overview;
 mod row;
@@ -31,10 +32,10 @@ pub use error::{StoreError, describe};
 
 pub use ident::{Identifier, IdentifierError};
 pub use listen::run_listener;
+pub use message_id::{MessageId, MessageIdError};
 pub use overview::{Backlog, Overview, Rates, RouteCount};
 pub use row::{
-    Claimed, Inserted, MessageId, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats,
-    TableGauges,
+    Claimed, Inserted, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats, TableGauges,
 };
 pub use sql::Statements;
 
@@ -44,7 +45,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use uuid::Uuid;
 
 /// A connection or a transaction running unnamed statements: parse, bind
 /// and execute go in one round trip and nothing outlives the call on the
@@ -225,22 +225,36 @@ impl Outbox {
         &self.sql.table
     }
 
-    /// Fails with [`StoreError::TableMissing`] when the migration has not run.
+    /// Fails with [`StoreError::TableMissing`] when the migration has not
+    /// run, and with [`StoreError::Schema`] when the table predates
+    /// migration 0004 (its message_id is not text yet).
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_typed_one(
-                "SELECT to_regclass($1) IS NOT NULL",
+                "SELECT to_regclass($1) IS NOT NULL,
+                        (SELECT format_type(atttypid, NULL) FROM pg_attribute
+                         WHERE attrelid = to_regclass($1) AND attname = 'message_id'
+                           AND NOT attisdropped)",
                 &[(&self.sql.table, Type::TEXT)],
             )
             .await?;
-        if row.get::<_, bool>(0) {
-            Ok(())
-        } else {
-            Err(StoreError::TableMissing {
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::TableMissing {
                 table: self.sql.table.clone(),
                 schema: self.schema.to_string(),
-            })
+            });
+        }
+        match row.get::<_, Option<String>>(1) {
+            Some(ty) if ty == "text" => Ok(()),
+            found => Err(StoreError::Schema {
+                column: "message_id",
+                expected: "text",
+                reason: format!(
+                    "it is {} (migration 0004_text_message_id has not run)",
+                    found.as_deref().unwrap_or("missing")
+                ),
+            }),
         }
     }
 
@@ -271,7 +285,7 @@ impl Outbox {
             .query_typed_opt(
                 &self.sql.insert,
                 &[
-                    (&message.message_id, Type::UUID),
+                    (&message.message_id, Type::TEXT),
                     (&message.exchange, Type::TEXT),
                     (&message.routing_key, Type::TEXT),
                     (&message.payload, Type::BYTEA),
@@ -282,7 +296,7 @@ impl Outbox {
             )
             .await?;
         Ok(match row {
-            Some(row) => Inserted::New(RowId(row.get(0)), MessageId(row.get(1))),
+            Some(row) => Inserted::New(RowId(row.get(0)), MessageId::stored(row.get(1))),
             None => Inserted::Duplicate,
         })
     }
@@ -342,14 +356,14 @@ impl Outbox {
     /// Finds a row by message_id or by id.
     pub async fn find(&self, key: &RowKey) -> Result<Option<RowView>, StoreError> {
         let (message_id, id) = match key {
-            RowKey::MessageId(m) => (Some(*m), None::<i64>),
+            RowKey::MessageId(m) => (Some(m), None::<i64>),
             RowKey::Id(i) => (None, Some(*i)),
         };
         let client = self.pool.get().await?;
         let row = client
             .query_typed_opt(
                 &self.sql.find,
-                &[(&message_id, Type::UUID), (&id, Type::INT8)],
+                &[(&message_id, Type::TEXT), (&id, Type::INT8)],
             )
             .await?;
         Ok(row.as_ref().map(RowView::from_row))
@@ -373,21 +387,35 @@ impl Outbox {
     }
 }
 
-/// How an operator names a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an operator names a row: a key of digits only is its id, anything
+/// else its message_id. (A message_id of digits only is found with the list
+/// filter `message_id=`, which names the row's id.)
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowKey {
     Id(i64),
-    MessageId(Uuid),
+    MessageId(MessageId),
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "id {id}"),
+            Self::MessageId(m) => write!(f, "message_id {:?}", m.as_str()),
+        }
+    }
 }
 
 impl std::str::FromStr for RowKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(id) = s.parse::<i64>() {
-            return Ok(Self::Id(id));
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<i64>()
+                .map(Self::Id)
+                .map_err(|_| format!("row id {s} is out of range"));
         }
-        Uuid::parse_str(s)
+        MessageId::parse(s)
             .map(Self::MessageId)
-            .map_err(|_| format!("{s:?} is neither a row id (integer) nor a message_id (UUID)"))
+            .map_err(|e| format!("{s:?} is neither a row id (digits) nor a message_id: {e}"))
     }
 }

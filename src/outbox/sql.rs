@@ -72,10 +72,11 @@ const PURGE_SENT: &str = "DELETE FROM {table} WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED)";
 
-/// Inserts one message; a repeated message_id is stored once.
+/// Inserts one message; a repeated message_id is stored once. The id is
+/// the caller's text (migration 0004), else a random UUID as text.
 const INSERT: &str = "INSERT INTO {table}
     (message_id, exchange, routing_key, payload, content_type, headers, available_at)
-VALUES (COALESCE($1::uuid, gen_random_uuid()), $2, $3, $4, $5, $6,
+VALUES (COALESCE($1::text, gen_random_uuid()::text), $2, $3, $4, $5, $6,
         now() + $7::float8 * interval '1 millisecond')
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id, message_id";

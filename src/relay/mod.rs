@@ -279,7 +279,7 @@ impl Marker {
         let mut failures = Vec::new();
         for (claimed, fate) in rows.iter().zip(fates) {
             let (id, attempts, message_id) = match claimed {
-                Claimed::Row(row) => (row.id, row.attempts, Some(row.message_id)),
+                Claimed::Row(row) => (row.id, row.attempts, Some(&row.message_id)),
                 Claimed::Defect(d) => (d.id, d.attempts, None),
             };
             let failure = match fate {

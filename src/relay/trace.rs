@@ -54,7 +54,7 @@ pub(super) fn message(row: &OutboxRow) -> Option<(Span, TraceContext)> {
         return None;
     }
     let span = tracing::info_span!("outbox.send", otel.kind = "producer",
-        messaging.system = "rabbitmq", messaging.message.id = %row.message_id.0,
+        messaging.system = "rabbitmq", messaging.message.id = %row.message_id,
         messaging.destination.name = %row.exchange,
         messaging.rabbitmq.destination.routing_key = %row.routing_key);
     if let Some(sender) = TraceContext::from_json(&row.headers) {
@@ -82,7 +82,7 @@ fn message_ids(rows: &[Claimed]) -> String {
         if !ids.is_empty() {
             ids.push(',');
         }
-        let _ = write!(ids, "{}", row.message_id.0);
+        let _ = write!(ids, "{}", row.message_id);
     }
     ids
 }

@@ -77,8 +77,13 @@ async fn the_list_filters_by_state_route_message_id_time_and_search() {
     );
     assert_eq!(listed(&api, "q=order&routing_key=order.paid").await, [s2]);
     assert_eq!(listed(&api, "state=dead&q=billing").await, [d1]);
+    assert_eq!(listed(&api, &format!("q={p2_id}")).await, [p2]);
     let upper = p2_id.to_uppercase();
-    assert_eq!(listed(&api, &format!("q={upper}")).await, [p2]);
+    assert_eq!(
+        listed(&api, &format!("q={upper}")).await,
+        [] as [i64; 0],
+        "a message_id is compared byte for byte"
+    );
     assert_eq!(
         listed(&api, &format!("q={}", &p2_id[9..18])).await,
         [] as [i64; 0],
@@ -252,9 +257,11 @@ async fn bad_input_is_a_400_with_a_json_error() {
     let env = TestEnv::new("api_bad_input").await;
     let relay = Running::start(env.run_args(&[])).await;
     let api = Api::of(&relay);
+    let overlong = "m".repeat(256);
     for path in [
-        "/api/messages/abc",
-        "/api/messages/12.5",
+        "/api/messages/%0A",
+        &format!("/api/messages/{overlong}"),
+        "/api/messages/99999999999999999999",
         "/api/messages?since=yesterday",
         "/api/messages?until=2026-01-31%2012:00:00",
         "/api/messages?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
@@ -264,7 +271,8 @@ async fn bad_input_is_a_400_with_a_json_error() {
         "/api/messages?state=lost",
         "/api/messages?cursor=bm90IGEgY3Vyc29y",
         "/api/messages?cursor=%%%",
-        "/api/messages?message_id=42",
+        "/api/messages?message_id=a%09b",
+        &format!("/api/messages?message_id={overlong}"),
         "/api/messages?routingkey=typo",
         "/api/messages?state=sent&state=dead",
     ] {
@@ -277,8 +285,17 @@ async fn bad_input_is_a_400_with_a_json_error() {
     }
     let (_, reply) = api.get("/api/messages?limit=501").await;
     assert!(reply["error"].as_str().unwrap().contains("500"), "{reply}");
-    let (status, reply) = api.write("DELETE", "/api/messages/abc", None).await;
+    let (status, reply) = api.write("DELETE", "/api/messages/%7F", None).await;
     assert_eq!(status, 400, "{reply}");
+    // Any other text is a message_id: one no row has is not found.
+    for path in [
+        "/api/messages/abc",
+        "/api/messages/12.5",
+        "/api/messages/-1",
+    ] {
+        let (status, reply) = api.get(path).await;
+        assert_eq!(status, 404, "{path}: {reply}");
+    }
     let (status, reply) = api
         .write("POST", "/api/dead/replay?state=pending&all=true", None)
         .await;

@@ -128,7 +128,7 @@ async fn poison_rows_are_dead_lettered_and_the_good_rows_around_them_all_arrive(
             .env
             .pg
             .query_one(
-                &format!("SELECT dead_at IS NOT NULL, attempts, last_error FROM {} WHERE message_id = $1::text::uuid", run.env.table()),
+                &format!("SELECT dead_at IS NOT NULL, attempts, last_error FROM {} WHERE message_id = $1", run.env.table()),
                 &[id],
             )
             .await

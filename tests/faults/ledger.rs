@@ -52,7 +52,7 @@ async fn produce_one(table: String, queue: String, producer: usize, rows: usize)
     let mut pg = pg_client().await;
     let sql = format!(
         "INSERT INTO {table} (message_id, routing_key, payload, headers)
-         VALUES ($1::text::uuid, $2, convert_to($3, 'UTF8'), jsonb_build_object('producer', $4::int, 'seq', $5::int))"
+         VALUES ($1, $2, convert_to($3, 'UTF8'), jsonb_build_object('producer', $4::int, 'seq', $5::int))"
     );
     let mut out = Produced::default();
     for (tx_no, chunk) in (0..rows)

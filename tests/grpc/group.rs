@@ -14,7 +14,7 @@ fn message(env: &TestEnv, i: usize, poisoned: bool) -> NewMessage {
         headers.insert("note".into(), "nul\0here".into());
     }
     NewMessage {
-        message_id: Some(uuid::Uuid::new_v4()),
+        message_id: Some(outbox_relay::outbox::MessageId::generate()),
         exchange: String::new(),
         routing_key: env.queue.clone(),
         payload: format!("m{i}").into_bytes(),

@@ -62,3 +62,15 @@ pub fn content_type(d: &lapin::message::Delivery) -> Option<String> {
 pub async fn rows(env: &TestEnv) -> i64 {
     env.scalar("SELECT count(*) FROM {t}").await
 }
+
+/// How many rows hold exactly `message_id`.
+pub async fn rows_with_id(env: &TestEnv, message_id: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {} WHERE message_id = $1", env.table());
+    env.pg.query_one(&sql, &[&message_id]).await.unwrap().get(0)
+}
+
+/// A message_id that is no UUID, with what o5 senders put in theirs:
+/// capitals, punctuation, spaces and non-ASCII text.
+pub fn non_uuid_id() -> String {
+    format!("Order-{}/v2: créé", unique("n"))
+}

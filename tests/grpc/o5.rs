@@ -221,6 +221,57 @@ async fn an_o5_send_arrives_as_an_o5_message_in_j5_json_stamped_with_the_app_and
 }
 
 #[tokio::test]
+async fn a_non_uuid_message_id_is_stored_once_and_is_the_message_id_of_the_properties_and_the_j5_body()
+ {
+    let env = TestEnv::new("grpc_o5_text_id").await;
+    let exchange = o5_exchange(&env).await;
+    let relay = sidecar(&env, &["--o5-exchange", &exchange]).await;
+    let mut client = MessageBridgeTopicClient::new(channel(&relay).await);
+    let named = Message {
+        message_id: non_uuid_id(),
+        ..o5_message(Extension::Event(Event {
+            entity_name: "greeting.v1.greeting".into(),
+        }))
+    };
+    let unnamed = Message {
+        message_id: String::new(),
+        ..o5_message(Extension::Request(Request {
+            reply_to: "r".into(),
+        }))
+    };
+    for message in [&named, &named, &unnamed] {
+        client
+            .send(SendMessage {
+                message: Some(message.clone()),
+            })
+            .await
+            .expect("stored");
+    }
+    assert_eq!(rows_with_id(&env, &named.message_id).await, 1);
+    assert_eq!(rows(&env).await, 2, "the retry is stored once");
+    let got = env.consume(2, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 2, "each message once");
+    for d in &got {
+        let body = j5json::decode(&d.data).expect("J5 JSON");
+        assert_eq!(
+            common::message_id(d),
+            body.message_id,
+            "the body and the properties agree"
+        );
+        assert_eq!(rows_with_id(&env, &body.message_id).await, 1);
+    }
+    let ids = tally(&got);
+    assert_eq!(ids.get(&named.message_id), Some(&1), "verbatim");
+    let generated = ids
+        .keys()
+        .find(|id| **id != named.message_id)
+        .expect("the unnamed message");
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+    env.drop_schema().await;
+}
+
+#[tokio::test]
 async fn with_o5_env_and_no_o5_exchange_the_bridge_publishes_to_o5_dot_env() {
     let env = TestEnv::new("grpc_o5_envx").await;
     let o5_env = unique("env");
@@ -267,7 +318,7 @@ async fn o5_sends_that_break_its_rules_are_refused() {
             ..ok.clone()
         },
         Message {
-            message_id: "not-a-uuid".into(),
+            message_id: "m".repeat(256),
             ..ok.clone()
         },
         Message {

@@ -345,6 +345,68 @@ async fn o5_topic_calls_are_stored_once_per_message_id_and_bad_ones_are_refused(
 }
 
 #[tokio::test]
+async fn a_non_uuid_message_id_metadata_is_stored_once_and_is_the_id_of_the_properties_and_the_j5_body()
+ {
+    let env = TestEnv::new("grpc_o5_forms_text_id").await;
+    let exchange = o5_exchange(&env).await;
+    let relay = sidecar(
+        &env,
+        &[&o5_sets()[..], &["--o5-exchange", &exchange]].concat(),
+    )
+    .await;
+    let ch = channel(&relay).await;
+    let bar = |body: &str, id: String| Call {
+        id,
+        ..call(
+            "/foo.v1.FooTopic/Bar",
+            "foo.v1.BarMessage",
+            text(body),
+            "foo",
+            None,
+        )
+    };
+    let named = bar("named", format!("Bar {}/v2", unique("b")));
+    named.send(&ch).await.expect("stored");
+    named.send(&ch).await.expect("a retry answers OK too");
+    assert_eq!(
+        rows_with_id(&env, &named.id).await,
+        1,
+        "stored once, verbatim"
+    );
+    let unnamed = bar("unnamed", String::new());
+    unnamed
+        .send(&ch)
+        .await
+        .expect("an empty message-id is none");
+    let e = bar("overlong", "m".repeat(256))
+        .send(&ch)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(rows(&env).await, 2);
+    let got = env.consume(2, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 2, "each call once");
+    for d in &got {
+        let body = j5json::decode(&d.data).expect("J5 JSON");
+        assert_eq!(
+            common::message_id(d),
+            body.message_id,
+            "body and properties agree"
+        );
+        let sent = if body.body.as_ref().unwrap().value == text("named") {
+            named.id.clone()
+        } else {
+            assert!(uuid::Uuid::parse_str(&body.message_id).is_ok(), "generated");
+            body.message_id.clone()
+        };
+        assert_eq!(body.message_id, sent);
+        assert_eq!(rows_with_id(&env, &sent).await, 1);
+    }
+    env.drop_schema().await;
+}
+
+#[tokio::test]
 async fn o5_topics_read_from_the_applications_reflection_are_served() {
     let env = TestEnv::new("grpc_o5_forms_reflect").await;
     let exchange = o5_exchange(&env).await;

@@ -106,6 +106,62 @@ async fn the_same_message_id_twice_is_stored_once_and_arrives_once() {
 }
 
 #[tokio::test]
+async fn a_non_uuid_message_id_is_stored_once_and_published_verbatim_and_an_empty_one_is_generated()
+{
+    let env = TestEnv::new("grpc_text_id").await;
+    let relay = sidecar(&env, &[]).await;
+    let mut client = PublisherClient::new(channel(&relay).await);
+    let id = non_uuid_id();
+    let longest = "ü".repeat(127) + "!"; // 255 bytes
+    let request = PublishRequest {
+        message_id: id.clone(),
+        ..to_queue(&env, b"text id")
+    };
+    client.publish(request.clone()).await.expect("first");
+    client.publish(request.clone()).await.expect("a retry");
+    client
+        .publish_batch(PublishBatchRequest {
+            messages: vec![request.clone()],
+        })
+        .await
+        .expect("a retry in a batch");
+    assert_eq!(rows_with_id(&env, &id).await, 1, "stored once, verbatim");
+    // The same id in other capitals is another message.
+    let upper = PublishRequest {
+        message_id: id.to_uppercase(),
+        ..to_queue(&env, b"upper")
+    };
+    client.publish(upper).await.expect("stored");
+    let generated = to_queue(&env, b"no id");
+    client.publish(generated).await.expect("stored");
+    let longest_request = PublishRequest {
+        message_id: longest.clone(),
+        ..to_queue(&env, b"longest")
+    };
+    client.publish(longest_request).await.expect("255 bytes");
+    assert_eq!(rows(&env).await, 4);
+
+    let got = env.consume(4, WITHIN, Duration::from_millis(800)).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 4, "each message once");
+    let by_body = |body: &[u8]| {
+        let d = got.iter().find(|d| d.data == body).expect("arrives");
+        common::message_id(d)
+    };
+    assert_eq!(by_body(b"text id"), id);
+    assert_eq!(by_body(b"upper"), id.to_uppercase());
+    assert_eq!(by_body(b"longest"), longest);
+    let made = by_body(b"no id");
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    assert_eq!(
+        rows_with_id(&env, &made).await,
+        1,
+        "the id sent is the one stored"
+    );
+    env.drop_schema().await;
+}
+
+#[tokio::test]
 async fn a_delayed_message_is_not_published_before_its_delay() {
     let env = TestEnv::new("grpc_delay").await;
     let relay = sidecar(&env, &[]).await;
@@ -157,11 +213,11 @@ async fn bad_requests_are_refused_with_their_code_and_store_nothing() {
     let cases = [
         (
             PublishRequest {
-                message_id: "order-42".into(),
+                message_id: "m".repeat(256),
                 ..ok.clone()
             },
             Code::InvalidArgument,
-            "UUID",
+            "message_id is 256 bytes",
         ),
         (
             PublishRequest {

@@ -193,6 +193,68 @@ async fn a_reply_goes_to_the_input_queue_of_the_requester_it_names() {
     env.drop_schema().await;
 }
 
+/// A call of `client` with `message-id` metadata `id` (none when `None`).
+async fn charged(
+    client: &mut ChargeRepliesClient<Channel>,
+    reply: &ChargeResult,
+    id: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(reply.clone());
+    if let Some(id) = id {
+        request
+            .metadata_mut()
+            .insert(outbox_relay::grpc::MESSAGE_ID_METADATA, id.parse().unwrap());
+    }
+    client.charged(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn a_non_uuid_message_id_metadata_is_stored_once_and_published_verbatim() {
+    let env = TestEnv::new("grpc_topic_text_id").await;
+    let relay = sidecar(&env, &topics_args()).await;
+    let reply = |ok| ChargeResult {
+        request: Some(RequestMetadata {
+            reply_to: env.queue.clone(),
+            context: Vec::new(),
+        }),
+        ok,
+    };
+    // Metadata is printable ASCII.
+    let id = format!("Charge {}/retry-safe", unique("c"));
+    let mut client = ChargeRepliesClient::new(channel(&relay).await);
+    for _ in 0..2 {
+        charged(&mut client, &reply(true), Some(&id))
+            .await
+            .expect("stored");
+    }
+    assert_eq!(rows_with_id(&env, &id).await, 1, "a retry is stored once");
+    // An empty message-id is none: one is generated.
+    charged(&mut client, &reply(false), Some(""))
+        .await
+        .expect("stored");
+    let e = charged(&mut client, &reply(false), Some(&"m".repeat(256)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("256 bytes"), "{e:?}");
+    assert_eq!(rows(&env).await, 2);
+    let got = env.consume(2, WITHIN, LINGER).await;
+    relay.stop().await.unwrap();
+    assert_eq!(got.len(), 2);
+    let with_id = got
+        .iter()
+        .find(|d| d.data == reply(true).encode_to_vec())
+        .unwrap();
+    assert_eq!(common::message_id(with_id), id, "verbatim");
+    let without = got
+        .iter()
+        .find(|d| d.data == reply(false).encode_to_vec())
+        .unwrap();
+    let made = common::message_id(without);
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    env.drop_schema().await;
+}
+
 #[tokio::test]
 async fn topic_calls_get_the_status_their_failure_calls_for() {
     let env = TestEnv::new("grpc_topic_errors").await;
@@ -237,7 +299,7 @@ async fn topic_calls_get_the_status_their_failure_calls_for() {
     let mut bad_id = tonic::Request::new(OrderCreated::default().encode_to_vec().into());
     bad_id.metadata_mut().insert(
         outbox_relay::grpc::MESSAGE_ID_METADATA,
-        "nope".parse().unwrap(),
+        "m".repeat(256).parse().unwrap(),
     );
     let e = grpc::call_raw(ch.clone(), "/test.v1.OrderEvents/Created", bad_id)
         .await

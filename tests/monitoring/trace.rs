@@ -81,7 +81,7 @@ async fn grpc_calls_are_counted_by_method_and_code_and_timed() {
         client.publish(to_queue(&env)).await.expect("published");
     }
     let invalid = PublishRequest {
-        message_id: "not a uuid".to_owned(),
+        message_id: "m".repeat(256),
         ..to_queue(&env)
     };
     let refused = client.publish(invalid).await.unwrap_err();

@@ -15,6 +15,12 @@
 //!   are cut out of the request, not decoded and encoded again, so map order
 //!   and unknown fields survive. (A wrapped topic call has no such bytes:
 //!   its `Message` is encoded.)
+//!
+//! Either way the body and the AMQP `message_id` agree: the sender's
+//! `message_id`, verbatim (any text [`MessageId::parse`] accepts), or, for
+//! a message sent without one, a generated id written into the body too
+//! (on the protobuf wire as field 1 appended to the bytes as sent, which a
+//! decoder reads as the message's id: the last value of a field wins).
 
 pub mod j5json;
 pub mod topic;
@@ -22,7 +28,7 @@ pub mod topic;
 use super::status::IngressError;
 use super::topology::{HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, method_route};
 use crate::config::{GrpcArgs, O5Wire};
-use crate::outbox::NewMessage;
+use crate::outbox::{MessageId, NewMessage};
 use crate::proto::o5::messaging::v1::{Message, message::Extension};
 use prost::Message as _;
 use prost::bytes::Buf;
@@ -70,24 +76,36 @@ impl Bridge {
         mut message: Message,
         as_sent: Option<Vec<u8>>,
     ) -> Result<NewMessage, IngressError> {
-        let mut message_id = check(&message)?;
+        // The body names its message: one sent without an id gets a new
+        // one, which is also the AMQP message_id.
+        let (message_id, generated) = match check(&message)? {
+            Some(id) => (id, false),
+            None => {
+                let id = MessageId::generate();
+                message.message_id = id.to_string();
+                (id, true)
+            }
+        };
         let (payload, content_type) = match self.wire {
-            O5Wire::Protobuf => (as_sent.unwrap_or_else(|| message.encode_to_vec()), PROTOBUF),
+            O5Wire::Protobuf => {
+                let payload = match as_sent {
+                    Some(mut bytes) if generated => {
+                        append_message_id(&mut bytes, &message_id);
+                        bytes
+                    }
+                    Some(bytes) => bytes,
+                    None => message.encode_to_vec(),
+                };
+                (payload, PROTOBUF)
+            }
             O5Wire::J5json => {
-                // The body names its message: one sent without an id gets a
-                // fresh UUID, which is also the AMQP message_id.
-                if message_id.is_none() {
-                    let id = uuid::Uuid::new_v4();
-                    message.message_id = id.to_string();
-                    message_id = Some(id);
-                }
                 self.stamp(&mut message);
                 let json = j5json::encode(&message).map_err(IngressError::O5Json)?;
                 (json, j5json::CONTENT_TYPE)
             }
         };
         Ok(NewMessage {
-            message_id,
+            message_id: Some(message_id),
             exchange: self.exchange.clone(),
             routing_key: method_route(&message.grpc_service, &message.grpc_method),
             headers: headers_of(&message),
@@ -121,7 +139,7 @@ impl Bridge {
 
 /// The rules o5 puts on a message, checked before anything is stored;
 /// gives its message_id, if it has one.
-fn check(message: &Message) -> Result<Option<uuid::Uuid>, IngressError> {
+fn check(message: &Message) -> Result<Option<MessageId>, IngressError> {
     if message.grpc_service.is_empty() {
         return Err(missing("message.grpc_service"));
     }
@@ -131,12 +149,13 @@ fn check(message: &Message) -> Result<Option<uuid::Uuid>, IngressError> {
     if !(0..=MAX_DELAY_SECONDS).contains(&message.delay_seconds) {
         return Err(IngressError::DelayOutOfRange(message.delay_seconds.into()));
     }
-    match message.message_id.as_str() {
-        "" => Ok(None),
-        id => uuid::Uuid::parse_str(id)
-            .map(Some)
-            .map_err(|_| IngressError::MessageId(id.to_owned())),
-    }
+    Ok(MessageId::optional(&message.message_id)?)
+}
+
+/// Sets `message_id` (field 1) of the encoded `Message` in `bytes` by
+/// appending it: every other byte stays as the client sent it.
+fn append_message_id(bytes: &mut Vec<u8>, id: &MessageId) {
+    prost::encoding::string::encode(1, &id.as_str().to_owned(), bytes);
 }
 
 /// The message's own headers, then what names it (which win on a clash).

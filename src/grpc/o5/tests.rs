@@ -69,8 +69,8 @@ fn with_the_j5_wire_the_body_is_the_stamped_message_as_j5_json() {
     }));
     assert_eq!(body, want);
     assert_eq!(
-        new.message_id,
-        Some(uuid::Uuid::parse_str(&want.message_id).unwrap())
+        new.message_id.as_ref().map(MessageId::as_str),
+        Some(want.message_id.as_str())
     );
     assert_eq!(new.routing_key, "service.orders/v1/OrderEvents.Created");
     assert_eq!(new.delay, Duration::from_secs(30));
@@ -129,7 +129,49 @@ fn a_message_sent_without_an_id_gets_one_in_its_body_and_its_properties() {
         .unwrap();
     let body = j5json::decode(&new.payload).unwrap();
     let id = new.message_id.expect("an id is chosen");
-    assert_eq!(body.message_id, id.to_string());
+    assert_eq!(body.message_id, id.as_str());
+}
+
+#[test]
+fn on_the_protobuf_wire_a_generated_id_is_appended_to_the_bytes_as_sent() {
+    let message = Message {
+        message_id: String::new(),
+        ..order_created()
+    };
+    let sent = message.encode_to_vec();
+    let new = bridge(O5Wire::Protobuf, None, None)
+        .to_new_message(&send(message.clone()))
+        .unwrap();
+    let id = new.message_id.expect("an id is chosen");
+    assert!(new.payload.starts_with(&sent), "the sent bytes stay");
+    let body = Message::decode(new.payload.as_slice()).unwrap();
+    assert_eq!(body.message_id, id.as_str());
+    assert_eq!(
+        Message {
+            message_id: String::new(),
+            ..body
+        },
+        message
+    );
+}
+
+#[test]
+fn a_non_uuid_id_is_kept_verbatim_in_the_body_and_the_properties_on_either_wire() {
+    let id = "Order-42/créé v2";
+    let message = Message {
+        message_id: id.into(),
+        ..order_created()
+    };
+    let j5 = bridge(O5Wire::J5json, None, None)
+        .to_new_message(&send(message.clone()))
+        .unwrap();
+    assert_eq!(j5.message_id.as_ref().map(MessageId::as_str), Some(id));
+    assert_eq!(j5json::decode(&j5.payload).unwrap().message_id, id);
+    let pb = bridge(O5Wire::Protobuf, None, None)
+        .to_new_message(&send(message.clone()))
+        .unwrap();
+    assert_eq!(pb.message_id.as_ref().map(MessageId::as_str), Some(id));
+    assert_eq!(pb.payload, message.encode_to_vec(), "byte for byte");
 }
 
 #[test]
@@ -172,10 +214,10 @@ fn bad_requests_are_refused_with_the_reason_in_either_wire() {
         ),
         (
             Message {
-                message_id: "order-42".into(),
+                message_id: "m".repeat(256),
                 ..ok.clone()
             },
-            "UUID",
+            "256 bytes",
         ),
         (
             Message {

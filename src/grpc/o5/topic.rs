@@ -9,7 +9,7 @@
 //! - `body`: the request bytes as the client encoded them, `type_url`
 //!   `type.googleapis.com/<request type>`, `encoding` protobuf (the zero
 //!   value, `WIRE_ENCODING_UNSPECIFIED`);
-//! - `message_id`: the `message-id` metadata, else a new UUID;
+//! - `message_id`: the `message-id` metadata, verbatim, else a new UUID;
 //! - `destination_topic`: the option's topic name (unset when it names none);
 //! - `timestamp`: now;
 //! - the extension, by role: `publish` none; `request` `Request{reply_to}`
@@ -21,6 +21,7 @@
 
 use super::super::options::{O5Topic, Role};
 use super::super::status::IngressError;
+use crate::outbox::MessageId;
 use crate::proto::o5::messaging::v1::message::{Event, Extension, Reply, Request, Upsert};
 use crate::proto::o5::messaging::v1::{Any, Message, WireEncoding};
 use prost_reflect::{
@@ -87,7 +88,7 @@ impl O5Route {
         (service, method): (&str, &str),
         request: &DynamicMessage,
         bytes: &[u8],
-        message_id: Option<uuid::Uuid>,
+        message_id: Option<MessageId>,
     ) -> Result<Message, IngressError> {
         let reply_to = self.metadata.as_ref().and_then(|f| reply_to_of(request, f));
         let extension = match &self.role {
@@ -110,7 +111,7 @@ impl O5Route {
             })),
         };
         Ok(Message {
-            message_id: message_id.unwrap_or_else(uuid::Uuid::new_v4).to_string(),
+            message_id: message_id.unwrap_or_else(MessageId::generate).to_string(),
             grpc_service: service.to_owned(),
             grpc_method: method.to_owned(),
             body: Some(Any {
@@ -175,7 +176,7 @@ mod tests {
     #[test]
     fn a_call_becomes_a_message_with_its_names_its_bytes_as_a_protobuf_body_and_the_topic() {
         let (route, request, bytes) = call("/foo.v1.FooTopic/Bar", None);
-        let id = uuid::Uuid::parse_str(ID).unwrap();
+        let id = MessageId::parse(ID).unwrap();
         let message = route
             .message_of(("foo.v1.FooTopic", "Bar"), &request, &bytes, Some(id))
             .unwrap();

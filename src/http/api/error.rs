@@ -132,7 +132,9 @@ mod tests {
     fn the_ingress_codes_map_to_the_statuses_the_api_documents() {
         let status = |e: IngressError| ApiError::from(e).status;
         assert_eq!(
-            status(IngressError::MessageId("x".into())),
+            status(IngressError::MessageId(
+                crate::outbox::MessageIdError::Empty
+            )),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(

@@ -14,7 +14,7 @@ use super::{ApiState, json};
 use crate::grpc::publisher::{check_route, parse_message_id};
 use crate::grpc::sink::admit;
 use crate::grpc::status::IngressError;
-use crate::outbox::{Inserted, Listed, NewMessage, RowKey};
+use crate::outbox::{Inserted, Listed, MessageId, NewMessage, RowKey};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -89,10 +89,7 @@ pub async fn detail(State(api): Api, Path(key): Path<String>) -> Result<Response
 }
 
 pub fn not_found(key: &RowKey) -> ApiError {
-    match key {
-        RowKey::Id(id) => ApiError::not_found(format!("no row with id {id}")),
-        RowKey::MessageId(m) => ApiError::not_found(format!("no row with message_id {m}")),
-    }
+    ApiError::not_found(format!("no row with {key}"))
 }
 
 /// The body of `POST /api/messages`.
@@ -110,7 +107,8 @@ struct Submitted {
     content_type: Option<String>,
     #[serde(default)]
     headers: serde_json::Map<String, serde_json::Value>,
-    /// A UUID; generated when absent or empty. A repeated one is stored once.
+    /// Any text of 1 to 255 bytes, kept verbatim; generated when absent or
+    /// empty. A repeated one is stored once.
     message_id: Option<String>,
     delay_seconds: Option<i64>,
 }
@@ -189,7 +187,11 @@ pub async fn insert(
         .insert(&message)
         .await
         .map_err(IngressError::Store)?;
-    let message_id = message.message_id.unwrap_or_default();
+    // `admit` gave the message its id.
+    let message_id = message
+        .message_id
+        .clone()
+        .unwrap_or_else(MessageId::generate);
     let (status, id, duplicate) = match stored {
         Inserted::New(id, _) => {
             if message.delay.is_zero() {
@@ -198,7 +200,8 @@ pub async fn insert(
             (StatusCode::CREATED, Some(id.0), false)
         }
         Inserted::Duplicate => {
-            let existing = api.outbox.detail(&RowKey::MessageId(message_id), 0).await?;
+            let key = RowKey::MessageId(message_id.clone());
+            let existing = api.outbox.detail(&key, 0).await?;
             (StatusCode::OK, existing.map(|found| found.row.id), true)
         }
     };

@@ -1,4 +1,4 @@
--- outbox-relay migration 0004: every route filter of the HTTP API through
+-- outbox-relay migration 0005: every route filter of the HTTP API through
 -- an index, in every state.
 --
 -- Apply with `outbox-relay migrate`, or with psql like 0001 (same -v schema=).
@@ -31,5 +31,5 @@ CREATE INDEX IF NOT EXISTS outbox_dead_route_idx
     WHERE dead_at IS NOT NULL;
 
 INSERT INTO :"schema".outbox_migrations (version, name)
-VALUES (4, '0004_route_indexes')
+VALUES (5, '0005_route_indexes')
 ON CONFLICT (version) DO NOTHING;
