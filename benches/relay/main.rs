@@ -2,12 +2,18 @@
 //!
 //! Every figure is set against a baseline measured in the same run: plain
 //! lapin publishing with confirms to the same kind of queue, which is the
-//! ceiling any relay works under. Needs the local services
+//! ceiling any relay works under (for the `deliver` group, the receiving
+//! side: a plain lapin consumer acking the queue the relay delivers from).
+//! Needs the local services
 //! (`deploy/local/services.sh`). Prints a table and one JSON line per
 //! scenario, and writes the table as Markdown to `target/bench/relay.md`.
 
 mod affinity;
 mod api;
+mod deliver;
+#[allow(dead_code)] // shared with the tests, which use more of it
+#[path = "../../tests/common/descriptors.rs"]
+mod descriptors;
 mod drains;
 mod ingress;
 mod procfs;
@@ -15,6 +21,7 @@ mod report;
 mod scenarios;
 mod statements;
 mod support;
+mod worker;
 
 use affinity::{PinMode, Pinner};
 use clap::{Parser, ValueEnum};
@@ -42,8 +49,9 @@ struct Options {
     /// Scenario groups to run (repeatable): drain (baseline, drains, cost,
     /// scale-out; and large-backlog unless --quick), large-backlog (1M rows
     /// vs 100k, full size even with --quick), steady, producer, ingress
-    /// (gRPC Publish vs direct inserts).
-    #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress"])]
+    /// (gRPC Publish vs direct inserts), deliver (the receiving side: the
+    /// relay delivering a queue to a gRPC worker vs a plain consumer).
+    #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress", "deliver"])]
     only: Vec<Group>,
     /// Pin RabbitMQ to CPU 0 and PostgreSQL, this process and the relays to
     /// the other CPUs for the baseline and drain rows, which are then
@@ -64,6 +72,14 @@ struct Options {
     /// Where the Markdown table goes.
     #[arg(long, default_value = "target/bench/relay.md")]
     out: std::path::PathBuf,
+    /// Messages queued for the `deliver` group (for the ceiling, and again
+    /// for the relay).
+    #[arg(long, default_value = "50000")]
+    deliver_messages: usize,
+    /// Prefetch of the `deliver` group: the ceiling consumer's and the
+    /// relay's `--worker-prefetch` (whose default is 32).
+    #[arg(long, default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
+    deliver_prefetch: u16,
     /// Rows of the `api` group's table.
     #[arg(long, default_value = "10000000")]
     api_rows: usize,
@@ -81,6 +97,9 @@ enum Group {
     Steady,
     Producer,
     Ingress,
+    /// The receiving side: `run --worker-addr` delivering a queue to a tonic
+    /// worker, against a plain lapin consumer of the same queue.
+    Deliver,
 }
 
 #[tokio::main]
@@ -90,6 +109,7 @@ async fn main() {
         opts.messages = opts.messages.min(20_000);
         opts.steady_secs = opts.steady_secs.min(3.0);
         opts.producer_secs = opts.producer_secs.min(2.0);
+        opts.deliver_messages = opts.deliver_messages.min(20_000);
     }
     let mut report = Report::new(&opts_line(&opts)).await;
     let pinner = match Pinner::new(opts.pin) {
@@ -138,6 +158,9 @@ async fn main() {
     if opts.only.contains(&Group::Ingress) {
         ingress(&mut report, &conn, &channel, &queue, &opts).await;
     }
+    if opts.only.contains(&Group::Deliver) {
+        deliver::run(&mut report, &conn, &opts).await;
+    }
     if opts.only.contains(&Group::Api) {
         api::run(&mut report, opts.api_rows).await;
     }
@@ -147,11 +170,13 @@ async fn main() {
 
 fn opts_line(o: &Options) -> String {
     format!(
-        "messages {}, payload {} B, queues {:?}, steady {} s, --pin {}",
+        "messages {}, payload {} B, queues {:?}, steady {} s, deliver {} at prefetch {}, --pin {}",
         o.messages,
         o.payload,
         o.queues,
         o.steady_secs,
+        o.deliver_messages,
+        o.deliver_prefetch,
         o.pin
             .to_possible_value()
             .map_or("?".into(), |v| v.get_name().to_owned())

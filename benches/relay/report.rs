@@ -15,7 +15,8 @@ pub struct Row {
     ratio: Option<(f64, f64)>,
     /// A value, its unit and its maximum (none: informational).
     value: Option<(f64, &'static str, Option<f64>)>,
-    latency: Option<(Latency, Latency)>,
+    /// The first latency and, when there is one, the second.
+    latency: Option<(Latency, Option<Latency>)>,
     /// What the two latencies measure.
     latency_names: (&'static str, &'static str),
     p99_max: Option<f64>,
@@ -61,7 +62,14 @@ impl Row {
     }
 
     pub fn latency(mut self, to_ack: Latency, to_consumer: Latency) -> Self {
-        self.latency = Some((to_ack, to_consumer));
+        self.latency = Some((to_ack, Some(to_consumer)));
+        self
+    }
+
+    /// One latency, of what `name` says.
+    pub fn latency_one(mut self, name: &'static str, latency: Latency) -> Self {
+        self.latency_names = (name, "");
+        self.latency = Some((latency, None));
         self
     }
 
@@ -126,9 +134,15 @@ impl Row {
         if let Some((ack, consumer)) = self.latency {
             let (first, second) = self.latency_names;
             parts.push(format!(
-                "{first} p50/p90/p99/max {:.1}/{:.1}/{:.1}/{:.1} ms; {second} p50/p99 {:.1}/{:.1} ms",
-                ack.p50, ack.p90, ack.p99, ack.max, consumer.p50, consumer.p99
+                "{first} p50/p90/p99/max {:.1}/{:.1}/{:.1}/{:.1} ms",
+                ack.p50, ack.p90, ack.p99, ack.max
             ));
+            if let Some(consumer) = consumer {
+                parts.push(format!(
+                    "{second} p50/p99 {:.1}/{:.1} ms",
+                    consumer.p50, consumer.p99
+                ));
+            }
         }
         if let Some(n) = self.dead_tuples {
             parts.push(format!("dead tuples {n}"));
@@ -143,7 +157,7 @@ impl Row {
             "msgs_per_sec": self.rate, "ratio": self.ratio.map(|r| r.0),
             "value": self.value.map(|v| v.0), "unit": self.value.map(|v| v.1),
             "to_ack_ms": self.latency.map(|l| lat(&l.0)),
-            "to_consumer_ms": self.latency.map(|l| lat(&l.1)),
+            "to_consumer_ms": self.latency.and_then(|l| l.1.as_ref().map(lat)),
             "latencies_measure": self.latency.map(|_| [self.latency_names.0, self.latency_names.1]),
             "dead_tuples": self.dead_tuples, "target": self.target(), "met": self.met(),
         })

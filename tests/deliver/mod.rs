@@ -27,7 +27,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-use prost_reflect::{DynamicMessage, Value};
 use std::path::PathBuf;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -57,7 +56,7 @@ impl Names {
         let topic = unique(&format!("dlv_topic_{test}"));
         let billing = unique(&format!("dlv_billing_{test}"));
         let own = unique(&format!("dlv_own_{test}"));
-        let set_bytes = renamed_set(&topic, &billing);
+        let set_bytes = descriptors::renamed_set(&topic, &billing);
         let set = std::env::temp_dir().join(format!("{}.bin", unique("dlv_set")));
         std::fs::write(&set, &set_bytes).unwrap();
         Self {
@@ -112,55 +111,6 @@ pub async fn clean_up(channel: &Channel, queues: &[&str], exchange: &str) {
     let _ = channel
         .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
         .await;
-}
-
-/// The test set with OrderEvents' topic and BillingCommands' worker renamed:
-/// decoded with the messaging option's own descriptor (so the option is a
-/// known extension, kept through decode and encode), changed, encoded.
-fn renamed_set(topic: &str, billing: &str) -> Vec<u8> {
-    let pool = outbox_relay::grpc::descriptors::base_pool();
-    let set_type = pool
-        .get_message_by_name("google.protobuf.FileDescriptorSet")
-        .unwrap();
-    let config = pool
-        .get_extension_by_name("outbox.messaging.v1.config")
-        .unwrap();
-    let bytes = std::fs::read(TEST_DESCRIPTORS).unwrap();
-    let mut set = DynamicMessage::decode(set_type, bytes.as_slice()).unwrap();
-    let Some(Value::List(files)) = set.get_field_by_name_mut("file") else {
-        panic!("no files")
-    };
-    for file in files {
-        let Value::Message(file) = file else { continue };
-        let Some(Value::List(services)) = file.get_field_by_name_mut("service") else {
-            continue;
-        };
-        for service in services {
-            let Value::Message(service) = service else {
-                continue;
-            };
-            let Some(Value::Message(options)) = service.get_field_by_name_mut("options") else {
-                continue;
-            };
-            if !options.has_extension(&config) {
-                continue;
-            }
-            let Value::Message(topology) = options.get_extension_mut(&config) else {
-                continue;
-            };
-            for (kind, field, name) in [
-                ("broadcast", "topic_name", topic),
-                ("unicast", "worker_name", billing),
-            ] {
-                if topology.has_field_by_name(kind)
-                    && let Some(Value::Message(inner)) = topology.get_field_by_name_mut(kind)
-                {
-                    inner.set_field_by_name(field, Value::String(name.to_owned()));
-                }
-            }
-        }
-    }
-    prost::Message::encode_to_vec(&set)
 }
 
 /// A relay with its ingress and delivery to `worker`, plus `extra` flags.

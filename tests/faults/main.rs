@@ -2,7 +2,10 @@
 //! every message counted. Each scenario ends with lost = 0, phantom = 0
 //! (no rolled-back row arrives), duplicates ≤ faults × in-flight window,
 //! no row pending and the queue drained, and writes its row of the
-//! reliability table (`target/reliability.md`).
+//! reliability table (`target/reliability.md`). The receiving side too
+//! (`deliver.rs`): a relay delivering a queue to a worker application,
+//! killed mid-delivery, loses nothing and acks nothing the worker has not
+//! answered OK.
 //!
 //! The scenarios restart and freeze shared services, so they run one at a
 //! time (`SERVICES`); `OUTBOX_SOAK=1` runs the same code with ten times the
@@ -10,11 +13,15 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod deliver;
 mod hostile;
 mod input;
 mod ledger;
 mod report;
 mod scenarios;
+#[allow(dead_code)] // the delivery tests' worker; this suite uses a part of it
+#[path = "../deliver/worker.rs"]
+mod worker;
 
 use common::*;
 use ledger::{Consumer, Produced, Tally};
