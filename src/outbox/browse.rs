@@ -348,8 +348,13 @@ impl Outbox {
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.build_transaction().read_only(true).start().await?;
+        // Every list is "the newest N by id": an index scan in id order
+        // stops after N rows, whatever the filter's selectivity. A bitmap
+        // scan reads every match and sorts them; the planner picks it when
+        // it underestimates a filter (route and state are correlated: 837
+        // ms for the dead rows of one route of 10M, instead of 0.4 ms).
         tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
+            "SET LOCAL statement_timeout = {}; SET LOCAL enable_bitmapscan = off",
             BROWSE_TIMEOUT.as_millis()
         ))
         .await?;
