@@ -8,7 +8,7 @@
 //! a second run a no-op.
 //!
 //! The o5 table format (`migrate --table-format o5`) has its own migrations
-//! ([`O5_MIGRATIONS`], `sql/o5_*.sql`) and record
+//! ([`O5_MIGRATIONS`], `sql/o5/`) and record
 //! (`outbox_relay_o5_migrations`): they add the relay's bookkeeping to the
 //! `outbox` table an o5 application created, and never create it. Each
 //! runner first checks that the table it finds has its format, so that
@@ -58,7 +58,7 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const O5_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "o5_0001_relay_columns",
-    sql: include_str!("../../sql/o5_0001_relay_columns.sql"),
+    sql: include_str!("../../sql/o5/0001_relay_columns.sql"),
 }];
 
 /// Why `migrate` changed nothing.

@@ -4,7 +4,7 @@
 -- Apply with `outbox-relay migrate --table-format o5 --schema <name>` or,
 -- equally, with psql:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
---        -v schema=<name> -f sql/o5_0001_relay_columns.sql
+--        -v schema=<name> -f sql/o5/0001_relay_columns.sql
 -- The file is idempotent: applying it twice changes nothing.
 --
 -- The table is the application's: o5's sender library writes it with
@@ -24,11 +24,28 @@
 -- under the same names.
 --
 -- Recorded in outbox_relay_o5_migrations, apart from the relay's own
--- numbered migrations (outbox_migrations), which never run on an o5 table.
+-- numbered migrations (sql/*.sql, outbox_migrations), which never run on an
+-- o5 table, as these never run on the relay's own.
 \if :{?schema}
 \else
 \set schema public
 \endif
+
+-- Only an o5 outbox: its data column says so.
+SET outbox_relay.schema = :'schema';
+DO $$
+DECLARE
+    s text := current_setting('outbox_relay.schema');
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = to_regclass(format('%I.outbox', s))
+          AND attname = 'data' AND NOT attisdropped
+    ) THEN
+        RAISE EXCEPTION 'table %.outbox is missing or is not an o5 outbox (no data column)', s;
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS :"schema".outbox_relay_o5_migrations (
     version    integer PRIMARY KEY,
@@ -49,7 +66,6 @@ ALTER TABLE :"schema".outbox
 -- The claim's path: rows not dead, by when they are due. The delayed
 -- variant (a send_after column) is due at the later of available_at and
 -- send_after, and gets an index on that expression.
-SET outbox_relay.schema = :'schema';
 DO $$
 DECLARE
     s text := current_setting('outbox_relay.schema');
