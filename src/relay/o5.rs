@@ -27,6 +27,7 @@ use crate::amqp::{Broker, BrokerError, EncodeError, Encoded, ExchangeState, Limi
 use crate::amqp::{PublishError, encode_new};
 use crate::grpc::o5::Bridge;
 use crate::metrics::{Metrics, epoch_now};
+use crate::outbox::ClaimLimits;
 use crate::outbox::o5::{O5Failure, O5Outbox, O5Row};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,14 @@ pub struct O5Relay {
     publisher: Option<Publisher>,
 }
 
+/// What became of one claimed row.
+enum Fate {
+    Sent,
+    Failed(RowFailure),
+    /// Past the claim's byte budget: left as it was, for the next claim.
+    Later,
+}
+
 /// A row ready to publish.
 struct Ready {
     index: usize,
@@ -49,9 +58,7 @@ struct Ready {
 }
 
 impl O5Relay {
-    /// `settings.on_sent` and `settings.batch_bytes` do not apply: confirmed
-    /// rows are deleted, and each row's data is bounded by
-    /// `settings.max_message_size`.
+    /// `settings.on_sent` does not apply: confirmed rows are deleted.
     pub fn new(
         table: O5Outbox,
         broker: Arc<Broker>,
@@ -75,11 +82,12 @@ impl O5Relay {
         let started = Instant::now();
         let claim = self
             .table
-            .claim(
-                self.settings.batch_size,
-                self.settings.max_message_size,
-                self.settings.claim_idle_timeout,
-            )
+            .claim(&ClaimLimits {
+                rows: self.settings.batch_size,
+                max_payload: self.settings.max_message_size,
+                batch_bytes: self.settings.batch_bytes,
+                idle_timeout: self.settings.claim_idle_timeout,
+            })
             .await?;
         if claim.is_empty() {
             claim.finish(&[], &[]).await?;
@@ -90,13 +98,15 @@ impl O5Relay {
         let published = Instant::now();
         let mut sent = Vec::with_capacity(claim.rows.len());
         let mut failures = Vec::new();
+        let mut later = 0;
         for (row, fate) in claim.rows.iter().zip(fates) {
             match fate {
-                Ok(()) => sent.push(row.id.clone()),
-                Err(failure) => failures.push(self.failure(row, &failure)),
+                Fate::Sent => sent.push(row.id.clone()),
+                Fate::Failed(failure) => failures.push(self.failure(row, &failure)),
+                Fate::Later => later += 1,
             }
         }
-        let count = claim.rows.len();
+        let count = claim.rows.len() - later;
         self.metrics
             .record_published(&self.bridge.exchange, sent.len() as u64);
         claim.finish(&sent, &failures).await?;
@@ -122,24 +132,22 @@ impl O5Relay {
 
     /// Converts the rows, publishes those that convert, and gives each
     /// row's fate, in order.
-    async fn publish(
-        &mut self,
-        rows: &[O5Row],
-    ) -> Result<Vec<Result<(), RowFailure>>, BrokerError> {
+    async fn publish(&mut self, rows: &[O5Row]) -> Result<Vec<Fate>, BrokerError> {
         let limits = self.broker.limits(self.settings.max_message_size);
-        let mut fates: Vec<Result<(), RowFailure>> = Vec::with_capacity(rows.len());
+        let mut fates = Vec::with_capacity(rows.len());
         let mut ready = Vec::new();
         for (index, row) in rows.iter().enumerate() {
             match self.prepare(row, limits) {
-                Ok((payload, envelope)) => {
-                    fates.push(Ok(()));
+                Ok(Some((payload, envelope))) => {
+                    fates.push(Fate::Sent);
                     ready.push(Ready {
                         index,
                         payload,
                         envelope,
                     });
                 }
-                Err(failure) => fates.push(Err(failure)),
+                Ok(None) => fates.push(Fate::Later),
+                Err(failure) => fates.push(Fate::Failed(failure)),
             }
         }
         if ready.is_empty() {
@@ -158,7 +166,7 @@ impl O5Relay {
         let (Some(publisher), None) = (&self.publisher, refusal()) else {
             for r in &ready {
                 let failure = refusal().unwrap_or_else(|| PublishError::NotConfirmed.into());
-                fates[r.index] = Err(failure);
+                fates[r.index] = Fate::Failed(failure);
             }
             return Ok(fates);
         };
@@ -183,7 +191,7 @@ impl O5Relay {
             if refused.is_none() {
                 refused = refused_exchange(&e);
             }
-            fates[index] = Err(match &refused {
+            fates[index] = Fate::Failed(match &refused {
                 Some((blamed, reason)) if blamed == exchange => RowFailure::ExchangeRefused {
                     exchange: blamed.clone(),
                     reason: reason.clone(),
@@ -206,14 +214,20 @@ impl O5Relay {
         Ok(fates)
     }
 
-    /// The row's message, encoded; or why it can never be published.
-    fn prepare(&self, row: &O5Row, limits: Limits) -> Result<(Vec<u8>, Encoded), RowFailure> {
+    /// The row's message, encoded; `None` for a row left for the next
+    /// claim; or why it can never be published.
+    fn prepare(
+        &self,
+        row: &O5Row,
+        limits: Limits,
+    ) -> Result<Option<(Vec<u8>, Encoded)>, RowFailure> {
+        let len = usize::try_from(row.data_len).unwrap_or(usize::MAX);
         let Some(data) = &row.data else {
-            return Err(EncodeError::TooLarge {
-                len: usize::try_from(row.data_len).unwrap_or(usize::MAX),
-                max: self.settings.max_message_size,
+            if len <= self.settings.max_message_size {
+                return Ok(None);
             }
-            .into());
+            let max = self.settings.max_message_size;
+            return Err(EncodeError::TooLarge { len, max }.into());
         };
         let new = self
             .bridge
@@ -224,7 +238,7 @@ impl O5Relay {
         };
         // The table keeps no insert time: the message is stamped as sent.
         let envelope = encode_new(&new, message_id, epoch_now() as i64, limits)?;
-        Ok((new.payload, envelope))
+        Ok(Some((new.payload, envelope)))
     }
 
     /// The record of one failed row, logged.

@@ -482,3 +482,58 @@ async fn migrate_for_o5_refuses_a_schema_without_an_o5_table_and_says_why() {
     assert!(e.to_string().contains("no data column"), "{e}");
     env.drop_schema().await;
 }
+
+#[tokio::test]
+async fn claims_load_data_within_the_byte_budget_and_a_row_above_the_size_limit_is_dead() {
+    let env = TestEnv::new("o5t_bytes").await;
+    let exchange = super::o5::o5_exchange(&env).await;
+    let schema = o5_schema(&env, false).await;
+    migrate::migrate_o5(&mut pg_client().await, &Identifier::parse(&schema).unwrap())
+        .await
+        .unwrap();
+    let sized = |bytes: usize| {
+        let mut message = order(Extension::Event(Event::default()));
+        message.headers.insert("padding".into(), "p".repeat(bytes));
+        message
+    };
+    // Each about 700 bytes: a 1 KiB budget loads one or two a claim.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = uuid::Uuid::new_v4().to_string();
+        send(&env, &schema, &id, &json_of(&sized(500))).await;
+        ids.push(id);
+    }
+    let huge = uuid::Uuid::new_v4().to_string();
+    send(&env, &schema, &huge, &json_of(&sized(3000))).await;
+    let limits = ["--batch-max-bytes", "1KiB", "--max-message-size", "2KiB"];
+    let relay = Running::start(env.run_args(&o5_args(&schema, &exchange, &limits))).await;
+    let got = env.consume(6, WITHIN, LINGER).await;
+    let only_dead = wait_until(WITHIN, || async {
+        scalar(
+            &env,
+            &schema,
+            "SELECT count(*) FROM {t} WHERE dead_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await;
+    relay.stop().await.unwrap();
+    let counts = tally(&got);
+    assert_eq!(got.len(), 6, "each once: {counts:?}");
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1));
+    }
+    assert!(only_dead);
+    let error: String = env
+        .pg
+        .query_one(
+            &format!(r#"SELECT last_error FROM "{schema}".outbox WHERE id = $1::text::uuid AND dead_at IS NOT NULL"#),
+            &[&huge],
+        )
+        .await
+        .expect("the large row is kept, dead")
+        .get(0);
+    assert!(error.contains("above --max-message-size 2048"), "{error}");
+    drop_schemas(env, &schema).await;
+}

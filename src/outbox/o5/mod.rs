@@ -12,7 +12,8 @@
 //! - failures are recorded in one statement per batch and never delete a
 //!   row: a dead row is kept with `dead_at` and `last_error` (invariant 3);
 //! - nothing a row holds fails the claim (invariant 8): `data` is read as
-//!   text and loaded only up to `--max-message-size`.
+//!   text; memory is bounded (invariant 10): a claim loads `data` up to
+//!   `--max-message-size` a row and `--batch-max-bytes` in all.
 //!
 //! The table's shape is read once, when it is opened: the id column's type
 //! (uuid, as o5 creates it, or text) and whether it has `send_after` (o5's
@@ -22,7 +23,7 @@ mod sql;
 
 pub use sql::O5Statements;
 
-use super::{Identifier, StoreError, TableGauges};
+use super::{ClaimLimits, Identifier, StoreError, TableGauges};
 use deadpool_postgres::{Object, Pool};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +72,8 @@ pub struct Shape {
 pub struct O5Row {
     /// The row's id as text: the message's id.
     pub id: String,
-    /// `data` as JSON text; `None` when larger than the claim's limit.
+    /// `data` as JSON text; `None` when above the claim's limits (larger
+    /// than a row may be, or past the claim's byte budget).
     pub data: Option<String>,
     /// Bytes of `data` as text.
     pub data_len: i64,
@@ -155,15 +157,11 @@ impl O5Outbox {
         self.shape
     }
 
-    /// Opens a transaction and locks up to `rows` due rows, loading `data`
-    /// up to `max_data` bytes. The server ends the claim's session when it
-    /// sits idle in its transaction longer than `idle_timeout`.
-    pub async fn claim(
-        &self,
-        rows: usize,
-        max_data: usize,
-        idle_timeout: Duration,
-    ) -> Result<O5Claim, StoreError> {
+    /// Opens a transaction and locks up to `limits.rows` due rows, loading
+    /// `data` up to `limits.max_payload` bytes a row and `limits.batch_bytes`
+    /// in all (the first row always). The server ends the claim's session
+    /// when it sits idle in its transaction longer than `limits.idle_timeout`.
+    pub async fn claim(&self, limits: &ClaimLimits) -> Result<O5Claim, StoreError> {
         let mut claim = O5Claim {
             client: Some(self.pool.get().await?),
             sql: self.sql.clone(),
@@ -176,14 +174,18 @@ impl O5Outbox {
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
                  SET LOCAL enable_seqscan = off",
-                idle_timeout.as_millis().max(1)
+                limits.idle_timeout.as_millis().max(1)
             ))
             .await?;
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         let found = client
             .query_typed(
                 &self.sql.claim,
-                &[(&to_i64(rows), Type::INT8), (&to_i64(max_data), Type::INT8)],
+                &[
+                    (&to_i64(limits.rows), Type::INT8),
+                    (&to_i64(limits.max_payload), Type::INT8),
+                    (&to_i64(limits.batch_bytes), Type::INT8),
+                ],
             )
             .await?;
         claim.rows = found

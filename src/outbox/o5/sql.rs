@@ -8,18 +8,27 @@ use super::Shape;
 /// Rows not dead and due, locked for this transaction only, in the order
 /// they became due (their insert's time, or send_after). `SKIP LOCKED`: two
 /// relays claim disjoint rows (invariant 5). It cannot fail on one row's
-/// values (invariant 8): `data` comes as text, decoded per row by the relay,
-/// and is loaded only up to `$2` bytes (`--max-message-size`).
-const CLAIM: &str = "SELECT id, CASE WHEN octet_length(body) <= $2 THEN body END,
-       octet_length(body)::bigint, attempts
+/// values (invariant 8): `data` comes as text, decoded per row by the
+/// relay. Memory is bounded (invariant 10): `data` is loaded only up to
+/// `$2` bytes (`--max-message-size`), and only while the claim's rows add
+/// up to `$3` bytes (`--batch-max-bytes`), the first row always: rows past
+/// the budget come without it and stay for the next claim.
+const CLAIM: &str =
+    "SELECT id, CASE WHEN len <= $2 AND (budget <= $3 OR budget = len) THEN body END,
+       len, attempts
 FROM (
-    SELECT id::text AS id, data::text AS body, COALESCE(attempts, 0) AS attempts
-    FROM {table}
-    WHERE dead_at IS NULL AND {due} <= now()
-    ORDER BY {due}
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-) AS claimed";
+    SELECT *, sum(len) OVER (ORDER BY due, id) AS budget
+    FROM (
+        SELECT id::text AS id, data::text AS body, octet_length(data::text)::bigint AS len,
+               COALESCE(attempts, 0) AS attempts, {due} AS due
+        FROM {table}
+        WHERE dead_at IS NULL AND {due} <= now()
+        ORDER BY {due}
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) AS claimed
+) AS sized
+ORDER BY due, id";
 
 /// An idle worker's look: the first due row on the due index.
 const HAS_DUE: &str =
