@@ -170,32 +170,50 @@ impl O5Relay {
             }
             return Ok(fates);
         };
-        let (slots, outgoing): (Vec<usize>, Vec<Outgoing<'_>>) = ready
+        let mut slots = Vec::with_capacity(ready.len());
+        let mut envelopes = Vec::with_capacity(ready.len());
+        let mut payloads = Vec::with_capacity(ready.len());
+        for r in ready {
+            slots.push(r.index);
+            envelopes.push(r.envelope);
+            payloads.push(r.payload);
+        }
+        let outgoing = payloads
             .iter()
-            .map(|r| {
-                let out = Outgoing {
-                    payload: &r.payload,
-                    envelope: r.envelope.clone(),
-                };
-                (r.index, out)
-            })
-            .unzip();
+            .zip(envelopes)
+            .map(|(payload, envelope)| Outgoing { payload, envelope })
+            .collect();
         let results = publisher
             .publish_batch(outgoing, self.settings.confirm_timeout)
             .await;
+        self.settle(&slots, results, &mut fates);
+        Ok(fates)
+    }
+
+    /// Records the broker's answers for the rows at `slots`. A channel the
+    /// broker closed over the o5 exchange blames it; a broken channel is
+    /// replaced by the next step.
+    fn settle(
+        &mut self,
+        slots: &[usize],
+        results: Vec<Result<(), PublishError>>,
+        fates: &mut [Fate],
+    ) {
         let mut broke = false;
         let mut refused = None;
-        for (index, result) in slots.into_iter().zip(results) {
+        for (&index, result) in slots.iter().zip(results) {
             let Err(e) = result else { continue };
             broke |= e.breaks_channel();
             if refused.is_none() {
                 refused = refused_exchange(&e);
             }
             fates[index] = Fate::Failed(match &refused {
-                Some((blamed, reason)) if blamed == exchange => RowFailure::ExchangeRefused {
-                    exchange: blamed.clone(),
-                    reason: reason.clone(),
-                },
+                Some((blamed, reason)) if *blamed == self.bridge.exchange => {
+                    RowFailure::ExchangeRefused {
+                        exchange: blamed.clone(),
+                        reason: reason.clone(),
+                    }
+                }
                 _ => e.into(),
             });
         }
@@ -211,7 +229,6 @@ impl O5Relay {
             );
             self.broker.refuse_exchange(&exchange, &reason);
         }
-        Ok(fates)
     }
 
     /// The row's message, encoded; `None` for a row left for the next
