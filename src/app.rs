@@ -7,21 +7,31 @@
 //! once all have, or fails when `--shutdown-timeout` passes first. Delivery
 //! to the worker application (`--worker-addr`) stops consuming and lets its
 //! calls in flight finish within the same deadline.
+//!
+//! With `--table-format o5` the workers relay an o5 application's own
+//! table ([`O5Relay`]); the gRPC ingress and the JSON API, which work on
+//! the relay's own table format, are off (the API says so on `/api`).
 
 use crate::amqp::Broker;
-use crate::config::{HttpListen, IngressMode, RunArgs, Wakeup};
+use crate::config::{GrpcListen, HttpListen, IngressMode, RunArgs, TableFormat, Wakeup};
 use crate::deliver::Deliver;
 use crate::deliver::health::DeliveryHealth;
 use crate::grpc::Ingress;
+use crate::grpc::o5::Bridge;
 use crate::grpc::sink::SinkOptions;
 use crate::health::Health;
 use crate::http::api::ApiSettings;
 use crate::http::{HttpPort, Probes};
 use crate::metrics::{Metrics, TABLE_GAUGES_EVERY, run_table_gauges};
+use crate::outbox::o5::O5Outbox;
 use crate::outbox::{
-    ConnectionCount, OnSent, Outbox, PoolOptions, connect_counted_pool, connect_pool, run_listener,
+    ConnectionCount, O5_CHANNEL, OnSent, Outbox, PoolOptions, WakeChannel, connect_counted_pool,
+    connect_pool, run_listener,
 };
-use crate::relay::{Backoff, Relay, RelaySettings, Shared, WorkerOptions, run_purger, supervise};
+use crate::relay::{
+    Backoff, O5Relay, Pipeline, Relay, RelaySettings, Shared, Step, WorkerOptions, run_purger,
+    supervise,
+};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +63,8 @@ const MONITOR_CONNECTIONS: usize = 2;
 const API_CONNECTIONS: usize = 2;
 /// How long the HTTP port may take to close once the workers have drained.
 const HTTP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What `/api/...` answers with `--table-format o5`.
+const O5_API_REFUSAL: &str = "the JSON API and the console read the relay's own table format; this relay runs --table-format o5 (see the README's o5 section for an o5 table's dead rows)";
 
 /// A configured relay, connected to its database, ready to run.
 pub struct App {
@@ -67,6 +79,9 @@ pub struct App {
     /// Delivery to the worker application, with `--worker-addr`.
     deliver: Option<Deliver>,
     metrics: Arc<Metrics>,
+    /// With `--table-format o5`: the o5 application's table, which the
+    /// workers relay instead of `outbox`'s (whose pool they share).
+    o5: Option<O5Outbox>,
     /// The HTTP port, bound, with the database connections it reads through.
     http: Option<(HttpPort, Outbox)>,
     /// Cancelled when shutdown begins (`/readyz` turns 503).
@@ -77,8 +92,13 @@ impl App {
     /// Validates `args`, connects to the database and checks that the outbox
     /// table exists. An unreachable broker is not an error: the workers keep
     /// retrying, and rows wait in the table meanwhile.
-    pub async fn build(args: RunArgs) -> anyhow::Result<Self> {
+    pub async fn build(mut args: RunArgs) -> anyhow::Result<Self> {
         args.validate()?;
+        let o5_format = args.db.table_format == TableFormat::O5;
+        if o5_format {
+            // Validated: --grpc-addr was left at its default.
+            args.grpc.grpc_addr = GrpcListen::Off;
+        }
         // Before connecting anywhere: a bad --worker-ca-file stops the start.
         let worker_tls = args.worker.tls()?;
         warn_on_default_urls(&args);
@@ -95,10 +115,16 @@ impl App {
         )
         .context("building the database pool")?;
         let outbox = Outbox::new(pool, args.db.schema.clone()).with_connection_count(opened);
-        outbox
-            .ensure_table()
-            .await
-            .with_context(|| format!("checking the outbox table at {}", args.db.database_url))?;
+        let checking = || format!("checking the outbox table at {}", args.db.database_url);
+        let o5 = if o5_format {
+            let table = O5Outbox::open(outbox.pool().clone(), &args.db.schema)
+                .await
+                .with_context(checking)?;
+            Some(table)
+        } else {
+            outbox.ensure_table().await.with_context(checking)?;
+            None
+        };
         let broker = Arc::new(Broker::new(args.amqp.amqp_url.clone(), SERVICE_TIMEOUT));
         let ingress_pool = connect_pool(
             relay_pg_config(&args),
@@ -160,18 +186,23 @@ impl App {
                     broker: (args.grpc.ingress_mode == IngressMode::Direct).then(|| broker.clone()),
                     stopping: stopping.clone(),
                 };
-                let api = ApiSettings {
-                    outbox: http_outbox(&args, API_CONNECTIONS, "the JSON API's")?,
-                    broker: broker.clone(),
-                    wake: wake.clone(),
-                    max_message_size: args.max_message_size,
-                    token: args
-                        .http
-                        .admin_token
-                        .as_ref()
-                        .map(|t| t.expose().to_owned()),
-                };
-                Some((HttpPort::bind(addr, probes, Some(api)).await?, monitor))
+                if o5_format {
+                    let port = HttpPort::bind(addr, probes, None).await?;
+                    Some((port.refusing_api(O5_API_REFUSAL), monitor))
+                } else {
+                    let api = ApiSettings {
+                        outbox: http_outbox(&args, API_CONNECTIONS, "the JSON API's")?,
+                        broker: broker.clone(),
+                        wake: wake.clone(),
+                        max_message_size: args.max_message_size,
+                        token: args
+                            .http
+                            .admin_token
+                            .as_ref()
+                            .map(|t| t.expose().to_owned()),
+                    };
+                    Some((HttpPort::bind(addr, probes, Some(api)).await?, monitor))
+                }
             }
         };
         Ok(Self {
@@ -184,6 +215,7 @@ impl App {
             ingress,
             deliver,
             metrics,
+            o5,
             http,
             stopping,
         })
@@ -273,50 +305,64 @@ impl App {
         };
         tracing::info!(
             table = self.outbox.table(),
+            table_format = ?self.args.db.table_format,
             database = %self.args.db.database_url,
             broker = %self.args.amqp.amqp_url,
             concurrency = self.args.concurrency.get(),
             batch_size = self.args.batch_size.get(),
-            on_sent = ?self.args.on_sent,
+            // An o5 table's confirmed rows are deleted, as o5's sidecar does.
+            on_sent = ?self.o5.as_ref().map_or(self.args.on_sent, |_| OnSent::Delete),
             wakeup = ?self.args.wakeup,
             "relay started"
         );
         if self.args.wakeup == Wakeup::Listen {
+            let channel = match self.o5 {
+                Some(_) => WakeChannel::Named(O5_CHANNEL),
+                None => WakeChannel::Table(self.args.db.schema.clone()),
+            };
             tracker.spawn(run_listener(
                 relay_pg_config(&self.args),
                 self.args.db.database_url.tls(),
-                self.args.db.schema.clone(),
+                channel,
                 self.wake.clone(),
                 stop.clone(),
             ));
         }
-        let shared = Shared::new(self.health.clone(), self.wake.clone());
-        for worker in 0..self.args.concurrency.get() {
-            let (outbox, broker, settings, lane, metrics) = (
-                self.outbox.clone(),
-                self.broker.clone(),
-                self.settings(),
-                self.large_lane.clone(),
-                self.metrics.clone(),
-            );
-            let make = move || {
-                Relay::new(
-                    outbox.clone(),
-                    broker.clone(),
-                    settings.clone(),
-                    lane.clone(),
-                    metrics.clone(),
-                )
-            };
-            tracker.spawn(supervise(
-                make,
-                worker,
-                options.clone(),
-                shared.clone(),
-                stop.clone(),
-            ));
+        let workers = Workers {
+            count: self.args.concurrency.get(),
+            options,
+            shared: Shared::new(self.health.clone(), self.wake.clone()),
+        };
+        let (broker, settings, metrics) =
+            (self.broker.clone(), self.settings(), self.metrics.clone());
+        match &self.o5 {
+            Some(table) => {
+                let (table, bridge) = (table.clone(), Bridge::from_args(&self.args.grpc));
+                workers.spawn(&tracker, &stop, move || {
+                    O5Relay::new(
+                        table.clone(),
+                        broker.clone(),
+                        bridge.clone(),
+                        settings.clone(),
+                        metrics.clone(),
+                    )
+                });
+            }
+            None => {
+                let (outbox, lane) = (self.outbox.clone(), self.large_lane.clone());
+                workers.spawn(&tracker, &stop, move || {
+                    Pipeline::new(Relay::new(
+                        outbox.clone(),
+                        broker.clone(),
+                        settings.clone(),
+                        lane.clone(),
+                        metrics.clone(),
+                    ))
+                });
+            }
         }
-        if self.args.on_sent == OnSent::Mark {
+        // An o5 table's confirmed rows are deleted: nothing to purge.
+        if self.args.on_sent == OnSent::Mark && self.o5.is_none() {
             let every =
                 (self.args.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
             tracker.spawn(run_purger(
@@ -359,12 +405,21 @@ impl App {
         stop: &CancellationToken,
     ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
         let (port, monitor) = self.http.take()?;
-        tracker.spawn(run_table_gauges(
-            monitor,
-            self.metrics.clone(),
-            TABLE_GAUGES_EVERY,
-            stop.clone(),
-        ));
+        let (metrics, stop_gauges) = (self.metrics.clone(), stop.clone());
+        match &self.o5 {
+            Some(table) => tracker.spawn(run_table_gauges(
+                table.with_pool(monitor.pool().clone()),
+                metrics,
+                TABLE_GAUGES_EVERY,
+                stop_gauges,
+            )),
+            None => tracker.spawn(run_table_gauges(
+                monitor,
+                metrics,
+                TABLE_GAUGES_EVERY,
+                stop_gauges,
+            )),
+        };
         let http_stop = CancellationToken::new();
         let served = tokio::spawn({
             let http_stop = http_stop.clone();
@@ -375,6 +430,33 @@ impl App {
             }
         });
         Some((http_stop, served))
+    }
+}
+
+/// The relay's workers, before they start.
+struct Workers {
+    count: usize,
+    options: WorkerOptions,
+    shared: Shared,
+}
+
+impl Workers {
+    /// Starts the workers, each supervised, each with a step from `make`.
+    fn spawn<S: Step>(
+        self,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+        make: impl Fn() -> S + Clone + Send + 'static,
+    ) {
+        for worker in 0..self.count {
+            tracker.spawn(supervise(
+                make.clone(),
+                worker,
+                self.options.clone(),
+                self.shared.clone(),
+                stop.clone(),
+            ));
+        }
     }
 }
 

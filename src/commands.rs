@@ -4,8 +4,8 @@
 
 use crate::amqp::table_to_json;
 use crate::config::{
-    AmqpArgs, DbArgs, DeadArgs, DeadQueueAction, DeadQueueArgs, MigrateArgs, ReplayArgs, SendArgs,
-    ShowArgs, TailArgs, TriggerState,
+    AmqpArgs, ConfigError, DbArgs, DeadArgs, DeadQueueAction, DeadQueueArgs, MigrateArgs,
+    ReplayArgs, SendArgs, ShowArgs, TableFormat, TailArgs, TriggerState,
 };
 use crate::deliver::dead_queue;
 use crate::outbox::{Inserted, NewMessage, Outbox, PoolOptions, connect_pool, migrate};
@@ -35,9 +35,38 @@ fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
-/// `outbox-relay migrate`.
+/// How an o5 table's dead rows are seen and replayed, for the commands that
+/// read the relay's own table only.
+const O5_DEAD_ROWS_BY_SQL: &str = "see and replay an o5 table's dead rows with SQL (README, o5 section): SELECT id, last_error, dead_at FROM <schema>.outbox WHERE dead_at IS NOT NULL; UPDATE <schema>.outbox SET dead_at = NULL, attempts = 0, available_at = now() WHERE id = '<id>'";
+
+/// Refuses `command` on an o5 table, which it cannot read, saying what
+/// to do instead.
+fn relay_format_only(db: &DbArgs, command: &'static str) -> Result<(), ConfigError> {
+    let instead = match command {
+        "send" => "an o5 application writes its own rows (o5-messaging's outbox sender)",
+        "stats" => {
+            "the metrics (outbox_relay_pending_messages, outbox_relay_dead_messages) count an o5 table's rows"
+        }
+        _ => O5_DEAD_ROWS_BY_SQL,
+    };
+    match db.table_format {
+        TableFormat::Relay => Ok(()),
+        TableFormat::O5 => Err(ConfigError::O5TableUnsupported(command, instead)),
+    }
+}
+
+/// `outbox-relay migrate`: the relay's own table, or (`--table-format o5`)
+/// the relay's columns on an o5 application's table.
 pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
     let db = &args.db;
+    let o5 = db.table_format == TableFormat::O5;
+    if o5 && args.wakeup_trigger.is_some() {
+        return Err(ConfigError::O5TableUnsupported(
+            "migrate --wakeup-trigger",
+            "an o5 table keeps its application's own trigger (NOTIFY outboxmessage), which the relay listens to",
+        )
+        .into());
+    }
     let mut pg = db.database_url.config().clone();
     pg.connect_timeout(TIMEOUT);
     let (mut client, connection) = pg
@@ -45,28 +74,37 @@ pub async fn migrate_cmd(args: &MigrateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", db.database_url))?;
     let driver = tokio::spawn(connection);
-    let report = migrate::migrate(&mut client, &db.schema)
-        .await
-        .with_context(|| format!("migrating schema {}", db.schema))?;
+    let report = if o5 {
+        migrate::migrate_o5(&mut client, &db.schema).await
+    } else {
+        migrate::migrate(&mut client, &db.schema).await
+    }
+    .with_context(|| format!("migrating schema {}", db.schema))?;
     if let Some(state) = args.wakeup_trigger {
         migrate::set_wakeup_trigger(&client, &db.schema, state == TriggerState::Enable)
             .await
             .context("switching the wake-up trigger")?;
     }
-    let wakeup_trigger = migrate::wakeup_trigger_enabled(&client, &db.schema).await?;
+    let mut result = json!({"schema": db.schema.as_str(), "applied": report.applied,
+                            "already_applied": report.already_applied});
+    if o5 {
+        result["table_format"] = json!("o5");
+    } else {
+        let wakeup_trigger = migrate::wakeup_trigger_enabled(&client, &db.schema).await?;
+        result["wakeup_trigger"] = json!(wakeup_trigger);
+    }
     drop(client);
     let _ = driver.await;
-    tracing::info!(schema = %db.schema, applied = ?report.applied,
-        already_applied = ?report.already_applied, wakeup_trigger, "migrated");
-    emit(
-        json!({"schema": db.schema.as_str(), "applied": report.applied,
-               "already_applied": report.already_applied, "wakeup_trigger": wakeup_trigger}),
-    )?;
+    tracing::info!(schema = %db.schema, table_format = ?db.table_format, applied = ?report.applied,
+        already_applied = ?report.already_applied, "migrated");
+    emit(result)?;
     Ok(())
 }
 
 /// Opens the outbox of `db` for a one-shot command, checking the table.
-pub async fn open_outbox(db: &DbArgs) -> anyhow::Result<Outbox> {
+/// Refuses an o5 table (`--table-format o5`), which these commands cannot read.
+pub async fn open_outbox(db: &DbArgs, command: &'static str) -> anyhow::Result<Outbox> {
+    relay_format_only(db, command)?;
     let pool = connect_pool(
         db.database_url.config().clone(),
         db.database_url.tls(),
@@ -107,7 +145,7 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
             .collect(),
         delay: args.delay.unwrap_or_default(),
     };
-    let outbox = open_outbox(&args.db).await?;
+    let outbox = open_outbox(&args.db, "send").await?;
     match outbox.insert(&message).await? {
         Inserted::New(id, message_id) => {
             emit(json!({"id": id.0, "message_id": message_id.to_string()}))?;
@@ -121,14 +159,14 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
 
 /// `outbox-relay stats`.
 pub async fn stats_cmd(db: &DbArgs) -> anyhow::Result<()> {
-    let stats = open_outbox(db).await?.stats().await?;
+    let stats = open_outbox(db, "stats").await?.stats().await?;
     emit(serde_json::to_string(&stats)?)?;
     Ok(())
 }
 
 /// `outbox-relay show`.
 pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
-    let outbox = open_outbox(&args.db).await?;
+    let outbox = open_outbox(&args.db, "show").await?;
     let row = outbox
         .find(&args.key)
         .await?
@@ -139,7 +177,11 @@ pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
 
 /// `outbox-relay dead`.
 pub async fn dead_cmd(args: &DeadArgs) -> anyhow::Result<()> {
-    for row in open_outbox(&args.db).await?.list_dead(args.limit).await? {
+    for row in open_outbox(&args.db, "dead")
+        .await?
+        .list_dead(args.limit)
+        .await?
+    {
         emit(serde_json::to_string(&row)?)?;
     }
     Ok(())
@@ -147,7 +189,7 @@ pub async fn dead_cmd(args: &DeadArgs) -> anyhow::Result<()> {
 
 /// `outbox-relay replay`.
 pub async fn replay_cmd(args: &ReplayArgs) -> anyhow::Result<()> {
-    let outbox = open_outbox(&args.db).await?;
+    let outbox = open_outbox(&args.db, "replay").await?;
     let ids = (!args.all).then_some(args.ids.as_slice());
     let replayed = outbox.replay(ids).await?;
     tracing::info!(count = replayed.len(), "dead rows made pending again");
@@ -248,4 +290,29 @@ async fn open_channel(amqp: &AmqpArgs) -> anyhow::Result<lapin::Channel> {
     .with_context(|| format!("connecting to {} timed out", amqp.amqp_url))?
     .with_context(|| format!("connecting to {}", amqp.amqp_url))?;
     Ok(conn.create_channel().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn the_row_commands_refuse_an_o5_table_and_say_how_to_see_its_dead_rows() {
+        let cli = Cli::try_parse_from(["outbox-relay", "dead", "--table-format", "o5"]).unwrap();
+        let Command::Dead(args) = cli.command else {
+            unreachable!()
+        };
+        let e = relay_format_only(&args.db, "dead").unwrap_err().to_string();
+        assert!(
+            e.contains("`outbox-relay dead`") && e.contains("dead_at IS NOT NULL"),
+            "{e}"
+        );
+        let cli = Cli::try_parse_from(["outbox-relay", "dead"]).unwrap();
+        let Command::Dead(args) = cli.command else {
+            unreachable!()
+        };
+        relay_format_only(&args.db, "dead").unwrap();
+    }
 }

@@ -19,13 +19,13 @@
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail`, `dead-queue` |
 //! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
 //! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (handlers, the OpenAPI document); the console at `/` (`console/`: the embedded page, its login); admission of both (`auth.rs`: token, loopback, same-origin, CSRF) and the console's sessions (`session.rs`) |
-//! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups |
-//! | [`relay`] | the step: claim → publish → await confirms → mark; the pipelined worker step (the next batch sent while the previous one settles); backoff; dead-lettering; the worker loop with its adaptive idle poll, systemic-fault pauses and its supervisor; retention |
+//! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups; an o5 application's table (`outbox::o5`: its shape, claim and SQL) |
+//! | [`relay`] | the step: claim → publish → await confirms → mark; the pipelined worker step (the next batch sent while the previous one settles); the o5 table's step (`O5Relay`: claim → convert → publish → delete); backoff; dead-lettering; the worker loop over either (`Step`) with its adaptive idle poll, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
 //! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods (plaintext or TLS) with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); its state for the health endpoints; the `dead-queue` command's operations |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
-//! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible |
+//! | `sql/` | versioned migrations `NNNN_name.sql`, psql-compatible; `sql/o5/` those of an o5 application's table (`migrate --table-format o5`) |
 //! | `proto/` | the gRPC contract and the messaging options (ours, and the o5 / j5 / pentops forms we accept) |
 //! | `tests/` | integration tests against the real PostgreSQL and RabbitMQ; `tests/faults/` counts what faults do |
 //! | `benches/` | the benchmark harness |

@@ -16,8 +16,13 @@ pub struct GrpcArgs {
     /// Address the gRPC ingress listens on (host:port; port 0 picks a free
     /// one), or `none` to turn it off. Loopback by default: a sidecar is
     /// called by its own pod.
+    /// With --table-format o5 the ingress is off unless this is given
+    /// (which is refused: see --table-format).
     #[arg(long, env = "OUTBOX_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: GrpcListen,
+    /// Set after parsing: --grpc-addr is the built-in default.
+    #[arg(skip)]
+    pub addr_defaulted: bool,
     /// `outbox`: a call returns once its message is committed to the outbox
     /// table (a broker outage does not fail it); `direct`: once the broker
     /// confirmed it (UNAVAILABLE when it cannot). Delayed messages always go

@@ -179,6 +179,23 @@ pub struct DbArgs {
     /// Schema holding the `outbox` table (letters, digits, '_').
     #[arg(long, env = "OUTBOX_SCHEMA", default_value = "public")]
     pub schema: Identifier,
+    /// Whose `outbox` table: `relay`, the relay's own (created by
+    /// `migrate`); `o5`, the one an o5 application writes (`id`, `data` as
+    /// the JSON of an o5.messaging.v1.Message, `headers`[, `send_after`]),
+    /// relayed as o5's sidecar relays it once `migrate --table-format o5`
+    /// added the relay's bookkeeping columns. Only `run` and `migrate`
+    /// read an o5 table.
+    #[arg(long, env = "OUTBOX_TABLE_FORMAT", value_enum, default_value_t = TableFormat::Relay)]
+    pub table_format: TableFormat,
+}
+
+/// The shape of the `outbox` table (`--table-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    /// The relay's own table.
+    Relay,
+    /// An o5 application's table: `outbox (id, data, headers[, send_after])`.
+    O5,
 }
 
 /// The broker.
@@ -411,6 +428,16 @@ pub enum ConfigError {
     WorkerCaWithoutTls,
     #[error("TLS to the worker (--worker-addr https://, --worker-ca-file): {0}")]
     WorkerTls(String),
+    #[error(
+        "--table-format o5 needs --o5-app and --o5-env (OUTBOX_O5_APP, OUTBOX_O5_ENV): o5's sidecar stamps every message leaving the application with them, and replies to its requests find their way back by them"
+    )]
+    O5TableUnnamed,
+    #[error(
+        "--table-format o5 relays the o5 application's own table, and the gRPC ingress stores what it accepts in the relay's table format: leave --grpc-addr unset or `none` (run a second relay, on a schema of its own, for the ingress)"
+    )]
+    O5TableIngress,
+    #[error("`outbox-relay {0}` works on the relay's own table format, not --table-format o5: {1}")]
+    O5TableUnsupported(&'static str, &'static str),
 }
 
 /// Smallest `--grpc-max-request-size`: room for a message's envelope.
@@ -464,6 +491,14 @@ impl RunArgs {
             && !worker.worker_reflection
         {
             return Err(ConfigError::WorkerServices);
+        }
+        if self.db.table_format == TableFormat::O5 {
+            if self.grpc.o5_app.is_none() || self.grpc.o5_env.is_none() {
+                return Err(ConfigError::O5TableUnnamed);
+            }
+            if self.grpc.grpc_addr != GrpcListen::Off && !self.grpc.addr_defaulted {
+                return Err(ConfigError::O5TableIngress);
+            }
         }
         if self.confirm_timeout >= self.shutdown_timeout {
             return Err(ConfigError::ConfirmOutlivesShutdown {
@@ -544,6 +579,27 @@ mod tests {
         let both = parsed(&["--admin-token", "t0ken", "--admin-token-file", &file]);
         assert!(both.is_err());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_o5_table_format_needs_the_app_and_env_and_leaves_the_ingress_off() {
+        let run = |argv: &[&str]| {
+            let mut full = vec!["outbox-relay", "run", "--table-format", "o5"];
+            full.extend_from_slice(argv);
+            match Cli::try_parse_with_files(full).expect("parses").command {
+                Command::Run(args) => args.validate(),
+                _ => unreachable!(),
+            }
+        };
+        let named = ["--o5-app", "shop", "--o5-env", "prod"];
+        assert_eq!(run(&named[..2]), Err(ConfigError::O5TableUnnamed));
+        assert_eq!(run(&named[2..]), Err(ConfigError::O5TableUnnamed));
+        // --grpc-addr left at its default: the ingress is simply off.
+        run(&named).unwrap();
+        let none = [&named[..], &["--grpc-addr", "none"]].concat();
+        run(&none).unwrap();
+        let on = [&named[..], &["--grpc-addr", "127.0.0.1:50051"]].concat();
+        assert_eq!(run(&on), Err(ConfigError::O5TableIngress));
     }
 
     #[test]

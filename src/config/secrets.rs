@@ -90,6 +90,7 @@ impl Cli {
             Command::Run(args) => {
                 args.db.url_defaulted = defaulted("database_url");
                 args.amqp.url_defaulted = defaulted("amqp_url");
+                args.grpc.addr_defaulted = defaulted("grpc_addr");
                 args.db.load_files()?;
                 args.amqp.load_files()?;
                 args.grpc.load_files()?;

@@ -20,7 +20,9 @@
 //! - `/api/...`: the JSON API ([`api`]) and `/` the console ([`console`]),
 //!   a web page over that API, only with `--admin-token` or on a loopback
 //!   address; both admitted by [`auth`] (a bearer token or the console's
-//!   login session of [`session`]).
+//!   login session of [`session`]). Both read the relay's own table format:
+//!   with `--table-format o5`, `/api/...` answers 501 and says so
+//!   ([`HttpPort::refusing_api`]).
 //!
 //! The probes and `/metrics` need no token: they serve no data, only health
 //! and counts. The port keeps answering while the workers drain at shutdown
@@ -76,6 +78,8 @@ pub struct HttpPort {
     probes: Probes,
     /// The API's settings and the admission of the API and the console.
     api: Option<(ApiSettings, Arc<Gate>)>,
+    /// Why there is no API, answered on `/api/...` when set.
+    api_refusal: Option<&'static str>,
 }
 
 impl HttpPort {
@@ -101,7 +105,15 @@ impl HttpPort {
             listener,
             probes,
             api,
+            api_refusal: None,
         })
+    }
+
+    /// Without an API, answers `/api/...` with 501 and `reason` instead of
+    /// 404, so that a script or the console's user learns why.
+    pub fn refusing_api(mut self, reason: &'static str) -> Self {
+        self.api_refusal = Some(reason);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -132,7 +144,24 @@ impl HttpPort {
                     "the JSON API (/api) and the console (/) are off: the HTTP port listens beyond loopback and no --admin-token is set");
                 "off"
             }
-            None => "off",
+            None => match self.api_refusal {
+                Some(reason) => {
+                    let refuse = move || async move {
+                        let body = serde_json::json!({ "error": reason }).to_string();
+                        let json = HeaderValue::from_static("application/json");
+                        (
+                            StatusCode::NOT_IMPLEMENTED,
+                            [(header::CONTENT_TYPE, json)],
+                            body,
+                        )
+                    };
+                    router = router
+                        .route("/api", axum::routing::any(refuse))
+                        .route("/api/{*rest}", axum::routing::any(refuse));
+                    "refused"
+                }
+                None => "off",
+            },
         };
         tracing::info!(%addr, api, "HTTP port listening (/livez, /readyz, /metrics; /api and the console at / unless api=off)");
         axum::serve(

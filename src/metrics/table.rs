@@ -3,7 +3,8 @@
 //! queries, never by a scrape (a scrape must not load the database).
 
 use super::{DueLabel, FloatGauge, Metrics};
-use crate::outbox::Outbox;
+use crate::outbox::o5::O5Outbox;
+use crate::outbox::{Outbox, StoreError, TableGauges};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
@@ -62,10 +63,27 @@ impl TableSeries {
     }
 }
 
+/// A table whose gauges can be read: the relay's own, or an o5 one.
+pub trait GaugedTable: Send + Sync + 'static {
+    fn table_gauges(&self) -> impl Future<Output = Result<TableGauges, StoreError>> + Send;
+}
+
+impl GaugedTable for Outbox {
+    fn table_gauges(&self) -> impl Future<Output = Result<TableGauges, StoreError>> + Send {
+        Outbox::table_gauges(self)
+    }
+}
+
+impl GaugedTable for O5Outbox {
+    fn table_gauges(&self) -> impl Future<Output = Result<TableGauges, StoreError>> + Send {
+        O5Outbox::table_gauges(self)
+    }
+}
+
 /// Refreshes the table's gauges every `every` until `stop`. A failed
 /// refresh leaves the last values and is logged when it starts failing.
 pub async fn run_table_gauges(
-    outbox: Outbox,
+    outbox: impl GaugedTable,
     metrics: Arc<Metrics>,
     every: Duration,
     stop: CancellationToken,

@@ -21,6 +21,8 @@ pub enum StoreError {
         expected: &'static str,
         reason: String,
     },
+    #[error("{table} is not an o5 outbox the relay can read: {problem}")]
+    O5Table { table: String, problem: String },
     #[error("the relay is shutting down and stores nothing more")]
     Closed,
 }
@@ -32,7 +34,7 @@ impl StoreError {
     pub fn is_systemic(&self) -> bool {
         match self {
             Self::Db(e) => e.code().is_some_and(is_systemic_code),
-            Self::TableMissing { .. } | Self::Schema { .. } => true,
+            Self::TableMissing { .. } | Self::Schema { .. } | Self::O5Table { .. } => true,
             Self::Pool(deadpool_postgres::PoolError::Backend(e)) => {
                 e.code().is_some_and(is_systemic_code)
             }
@@ -47,6 +49,9 @@ impl StoreError {
             Self::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code(),
             Self::TableMissing { .. } | Self::Schema { .. } => {
                 return "run `outbox-relay migrate` against this database and schema";
+            }
+            Self::O5Table { .. } => {
+                return "run `outbox-relay migrate --table-format o5` against this database and schema, once the o5 application created its outbox table";
             }
             _ => None,
         };

@@ -6,6 +6,9 @@
 //! Wake-ups are hints. Polling goes on regardless, so a lost notification, a
 //! disabled trigger or a dropped LISTEN connection only costs latency, never a
 //! message. The listener reconnects on its own with a capped backoff.
+//!
+//! An o5 application's table (`--table-format o5`) has its own trigger,
+//! which NOTIFYs the fixed channel `outboxmessage` ([`WakeChannel::Named`]).
 
 use super::Identifier;
 use futures::StreamExt;
@@ -14,6 +17,19 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
+
+/// The channel wake-ups come on.
+#[derive(Debug, Clone)]
+pub enum WakeChannel {
+    /// The trigger of the relay's own table in this schema (migration
+    /// 0002): `outbox_<table oid>`.
+    Table(Identifier),
+    /// A fixed channel, e.g. `outboxmessage`, which o5's trigger NOTIFYs.
+    Named(&'static str),
+}
+
+/// The channel o5 applications' outbox trigger NOTIFYs after each insert.
+pub const O5_CHANNEL: &str = "outboxmessage";
 
 /// Why a LISTEN connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +46,13 @@ enum ListenError {
 pub async fn run_listener(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
-    schema: Identifier,
+    channel: WakeChannel,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let table = format!("{}.outbox", schema.quoted());
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        match listen_once(&config, &tls, &table, &wake, &stop).await {
+        match listen_once(&config, &tls, &channel, &wake, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "wake-up listener lost its connection; polling meanwhile");
@@ -56,7 +71,7 @@ pub async fn run_listener(
 async fn listen_once(
     config: &tokio_postgres::Config,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
-    table: &str,
+    channel: &WakeChannel,
     wake: &Notify,
     stop: &CancellationToken,
 ) -> Result<(), ListenError> {
@@ -65,13 +80,19 @@ async fn listen_once(
     // from here and let the client's queries progress through it.
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let setup = async {
-        let row = client
-            .query_typed_one(
-                "SELECT $1::text::regclass::oid::bigint",
-                &[(&table, tokio_postgres::types::Type::TEXT)],
-            )
-            .await?;
-        let channel = format!("outbox_{}", row.get::<_, i64>(0));
+        let channel = match channel {
+            WakeChannel::Named(name) => (*name).to_owned(),
+            WakeChannel::Table(schema) => {
+                let table = format!("{}.outbox", schema.quoted());
+                let row = client
+                    .query_typed_one(
+                        "SELECT $1::text::regclass::oid::bigint",
+                        &[(&table, tokio_postgres::types::Type::TEXT)],
+                    )
+                    .await?;
+                format!("outbox_{}", row.get::<_, i64>(0))
+            }
+        };
         client
             .batch_execute(&format!("LISTEN \"{channel}\""))
             .await?;

@@ -20,6 +20,7 @@ mod ident;
 mod listen;
 mod message_id;
 pub mod migrate;
+pub mod o5;
 mod overview;
 mod row;
 mod sql;
@@ -31,7 +32,7 @@ pub use dead::Change;
 pub use error::{StoreError, describe};
 
 pub use ident::{Identifier, IdentifierError};
-pub use listen::run_listener;
+pub use listen::{O5_CHANNEL, WakeChannel, run_listener};
 pub use message_id::{MessageId, MessageIdError};
 pub use overview::{Backlog, Overview, Rates, RouteCount};
 pub use row::{

@@ -111,7 +111,7 @@ const DEAD_COUNT: &str =
 /// The table's vacuum health from the statistics collector, for the
 /// metrics: no table access at all. `$1` is the quoted table name; no row
 /// (or NULLs) before the collector has seen the table.
-const TABLE_STATS: &str = "SELECT COALESCE(n_dead_tup, 0)::bigint,
+pub(super) const TABLE_STATS: &str = "SELECT COALESCE(n_dead_tup, 0)::bigint,
        COALESCE(EXTRACT(epoch FROM last_autovacuum)::float8, 0)
 FROM pg_stat_user_tables
 WHERE relid = to_regclass($1)";

@@ -19,6 +19,7 @@
 //!   kills a session idle in transaction beyond the claim bound (invariant 4).
 
 pub mod backoff;
+mod o5;
 mod pipeline;
 mod purge;
 mod send;
@@ -26,10 +27,11 @@ mod trace;
 mod worker;
 
 pub use backoff::{Backoff, ErrorBackoff};
+pub use o5::O5Relay;
 pub use pipeline::Pipeline;
 pub use purge::run_purger;
 pub use send::InFlight;
-pub use worker::{Shared, WorkerOptions, run_worker, supervise};
+pub use worker::{Shared, Step, WorkerOptions, run_worker, supervise};
 
 use crate::amqp::{Broker, BrokerError, EncodeError, PublishError, Publisher};
 use crate::metrics::{FailReason, Metrics, epoch_now};

@@ -1,4 +1,6 @@
-//! The loop around the pipelined step ([`Pipeline::step`]): adaptive polling, wake-ups,
+//! The loop around a worker's step ([`Step`]: the pipelined step of the
+//! relay's own table, [`Pipeline`], or the o5 table's, [`super::O5Relay`]):
+//! adaptive polling, wake-ups,
 //! backoff after infrastructure errors, systemic-fault pauses, a supervisor
 //! that restarts a panicked worker, and cooperative shutdown.
 //!
@@ -14,7 +16,7 @@
 //! The fault is logged once a minute with its fix, and reported to
 //! [`Health`] until a step succeeds again.
 
-use super::{ErrorBackoff, Outcome, Pipeline, Relay, RelayError};
+use super::{ErrorBackoff, Outcome, Pipeline, RelayError};
 use crate::health::Health;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,10 +78,43 @@ impl Shared {
     }
 }
 
-/// Runs a worker until `stop`, restarting it with a fresh [`Relay`] from
+/// What the worker loop drives: one table's relay step.
+pub trait Step: Send + 'static {
+    /// Claims, publishes and settles (some of) what is due.
+    fn step(&mut self) -> impl Future<Output = Result<Outcome, RelayError>> + Send;
+    /// Whether any row is due, without claiming (while idle).
+    fn has_due(&mut self) -> impl Future<Output = Result<bool, RelayError>> + Send;
+    /// Settles what is in flight (at shutdown).
+    fn drain(&mut self) -> impl Future<Output = ()> + Send;
+    /// Forgets what is in flight and the channel, after a step was
+    /// abandoned at its deadline: its claims are released at once.
+    fn abandon(&mut self);
+    /// Closes the worker's channel.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Step for Pipeline {
+    fn step(&mut self) -> impl Future<Output = Result<Outcome, RelayError>> + Send {
+        Pipeline::step(self)
+    }
+    fn has_due(&mut self) -> impl Future<Output = Result<bool, RelayError>> + Send {
+        Pipeline::has_due(self)
+    }
+    async fn drain(&mut self) {
+        Pipeline::drain(self).await;
+    }
+    fn abandon(&mut self) {
+        Pipeline::abandon(self);
+    }
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        Pipeline::close(self)
+    }
+}
+
+/// Runs a worker until `stop`, restarting it with a fresh [`Step`] from
 /// `make` when it panics (counted, logged, reported to health meanwhile).
-pub async fn supervise(
-    make: impl Fn() -> Relay + Send + 'static,
+pub async fn supervise<S: Step>(
+    make: impl Fn() -> S + Send + 'static,
     worker: usize,
     options: WorkerOptions,
     shared: Shared,
@@ -127,8 +162,8 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `relay` until `stop` is cancelled.
-pub async fn run_worker(
-    relay: Relay,
+pub async fn run_worker<S: Step>(
+    mut relay: S,
     worker: usize,
     options: WorkerOptions,
     shared: Shared,
@@ -136,7 +171,6 @@ pub async fn run_worker(
 ) {
     let mut errors = ErrorBackoff::new(Duration::from_millis(100), options.error_backoff_max);
     let mut healthy = true;
-    let mut relay = Pipeline::new(relay);
     let mut idle = Idle::new(options.poll_interval);
     while !stop.is_cancelled() {
         if let Some(until) = shared.paused_until() {

@@ -12,6 +12,7 @@ mod common;
 mod deliver;
 mod group;
 mod o5;
+mod o5table;
 mod o5topics;
 mod publisher;
 mod server;

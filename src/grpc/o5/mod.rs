@@ -16,6 +16,11 @@
 //!   and unknown fields survive. (A wrapped topic call has no such bytes:
 //!   its `Message` is encoded.)
 //!
+//! An o5 application's own outbox table (`outbox-relay run --table-format
+//! o5`) takes the same path: a row's `data` is read as o5's sidecar reads it
+//! ([`protojson`]), its id becomes the message's id, and it is stamped and
+//! published like a bridge send ([`Bridge::from_outbox_row`]).
+//!
 //! Either way the body and the AMQP `message_id` agree: the sender's
 //! `message_id`, verbatim (any text [`MessageId::parse`] accepts), or, for
 //! a message sent without one, a generated id written into the body too
@@ -23,6 +28,7 @@
 //! decoder reads as the message's id: the last value of a field wins).
 
 pub mod j5json;
+pub mod protojson;
 pub mod topic;
 
 use super::status::IngressError;
@@ -115,6 +121,19 @@ impl Bridge {
         })
     }
 
+    /// The message to publish for a row of an o5 application's outbox
+    /// table: its `data` read as o5's sidecar reads it, the row's `id` as
+    /// the message's id (whatever `data` says), then what a bridge send
+    /// gets ([`Bridge::publish`]). Its delay is the row's (`send_after`),
+    /// not `delay_seconds`, which stays in the body as sent.
+    pub fn from_outbox_row(&self, id: &str, data: &[u8]) -> Result<NewMessage, RowError> {
+        let mut message = protojson::decode(data)?;
+        message.message_id = id.to_owned();
+        let mut new = self.publish(message, None)?;
+        new.delay = Duration::ZERO;
+        Ok(new)
+    }
+
     /// What o5's sidecar sets on a message leaving its application.
     fn stamp(&self, message: &mut Message) {
         if let Some(app) = &self.app {
@@ -135,6 +154,16 @@ impl Bridge {
             request.reply_to = format!("{env}/{app}");
         }
     }
+}
+
+/// Why a row of an o5 outbox table cannot be published: nothing about it
+/// changes by trying again.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("data is {0}")]
+    Data(#[from] protojson::RowDataError),
+    #[error("data holds an invalid o5 message: {0}")]
+    Message(#[from] IngressError),
 }
 
 /// The rules o5 puts on a message, checked before anything is stored;
