@@ -10,6 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -90,23 +91,39 @@ async fn produce_one(table: String, queue: String, producer: usize, rows: usize)
 /// counted again.
 pub struct Consumer {
     seen: Arc<Mutex<HashMap<String, usize>>>,
+    /// Deliveries taken, duplicates and redeliveries included.
+    received: Arc<AtomicUsize>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The consumer is done once no delivery came for this long (with every id
+/// seen and none ready): deliveries the broker had already pushed to it (up
+/// to its prefetch, unacked, so not "ready") are then processed, not handed
+/// back to the queue when it stops.
+const QUIET: Duration = Duration::from_secs(1);
+
 impl Consumer {
     pub fn start(queue: &str) -> Self {
         let seen = Arc::new(Mutex::new(HashMap::new()));
+        let received = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let task = tokio::spawn(consume_forever(
             queue.to_owned(),
             seen.clone(),
+            received.clone(),
             stop.clone(),
         ));
-        Self { seen, stop, task }
+        Self {
+            seen,
+            received,
+            stop,
+            task,
+        }
     }
 
-    /// Stops once `ids` have all arrived and the queue is empty, or at the deadline.
+    /// Stops once `ids` have all arrived, the queue is empty and no delivery
+    /// came for [`QUIET`], or at the deadline.
     pub async fn finish(
         self,
         queue: &str,
@@ -114,12 +131,25 @@ impl Consumer {
         within: Duration,
     ) -> HashMap<String, usize> {
         let seen = &self.seen;
+        let received = &self.received;
+        let last_change = std::sync::Mutex::new((
+            received.load(Ordering::Relaxed),
+            tokio::time::Instant::now(),
+        ));
         wait_until(within, || async {
             let all = {
                 let seen = seen.lock().await;
                 ids.iter().all(|id| seen.contains_key(id))
             };
-            all && queue_depth(queue).await == Some(0)
+            let quiet = {
+                let now = received.load(Ordering::Relaxed);
+                let mut last = last_change.lock().expect("poisoned");
+                if last.0 != now {
+                    *last = (now, tokio::time::Instant::now());
+                }
+                last.1.elapsed() >= QUIET
+            };
+            all && quiet && queue_depth(queue).await == Some(0)
         })
         .await;
         self.stop.cancel();
@@ -166,12 +196,13 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 async fn consume_forever(
     queue: String,
     seen: Arc<Mutex<HashMap<String, usize>>>,
+    received: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = consume_session(&queue, &seen) => {}
+            () = consume_session(&queue, &seen, &received) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -200,7 +231,11 @@ async fn subscribe(queue: &str) -> Option<(Connection, Channel, lapin::Consumer)
 }
 
 /// One connection's worth of consuming; returns when the connection fails.
-async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
+async fn consume_session(
+    queue: &str,
+    seen: &Mutex<HashMap<String, usize>>,
+    received: &AtomicUsize,
+) {
     let Ok(Some((conn, channel, mut deliveries))) =
         tokio::time::timeout(SETUP_TIMEOUT, subscribe(queue)).await
     else {
@@ -228,6 +263,7 @@ async fn consume_session(queue: &str, seen: &Mutex<HashMap<String, usize>>) {
             Err(_) => continue,
         };
         last_delivery = tokio::time::Instant::now();
+        received.fetch_add(1, Ordering::Relaxed);
         let id = message_id(&delivery);
         {
             let mut seen = seen.lock().await;
