@@ -5,7 +5,8 @@
 //! reached, so that the relay's rate is timed from its first call to its
 //! last, without its start-up.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use outbox_relay::grpc::codec::BytesIn;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
@@ -125,7 +125,7 @@ where
         let handler = Handler {
             calls: self.calls.clone(),
         };
-        Box::pin(async move { Ok(Grpc::new(RawCodec).unary(handler, req).await) })
+        Box::pin(async move { Ok(Grpc::new(BytesIn).unary(handler, req).await) })
     }
 }
 
@@ -140,38 +140,5 @@ impl UnaryService<Bytes> for Handler {
     fn call(&mut self, _request: Request<Bytes>) -> Self::Future {
         self.calls.record();
         Box::pin(async { Ok(Response::new(())) })
-    }
-}
-
-/// Reads a request as its bytes; answers `google.protobuf.Empty` (no bytes).
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = ();
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-    fn encode(&mut self, _: (), _: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -12,11 +12,11 @@
 //! Invariant owned here: nothing in this module acks; it only says what the
 //! worker answered (invariant 11 is kept by [`super::settle`]).
 
-use bytes::{Buf, BufMut, Bytes};
+use crate::grpc::codec::BytesOut;
+use bytes::Bytes;
 use rustls::client::danger::ServerCertVerifier;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
@@ -172,7 +172,7 @@ impl Worker {
         grpc.ready()
             .await
             .map_err(|e| Status::from_error(Box::new(e)))?;
-        grpc.unary(request, path, RawCodec).await.map(|_| ())
+        grpc.unary(request, path, BytesOut).await.map(|_| ())
     }
 
     /// Whether the worker accepts a connection now (an HTTP/2 handshake).
@@ -188,45 +188,6 @@ impl Worker {
     /// The worker's address, for logs.
     pub fn addr(&self) -> String {
         self.endpoint.uri().to_string()
-    }
-}
-
-/// Sends a request as the bytes it is; reads any answer as nothing.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
     }
 }
 

@@ -16,6 +16,7 @@
 //! [`sink`]. Every failure maps to a status code in one place, [`status`].
 
 mod auth;
+pub mod codec;
 mod codes;
 pub mod descriptors;
 pub mod group;

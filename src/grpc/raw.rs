@@ -8,19 +8,19 @@
 //! to the o5 bridge) and stored; any other path is UNIMPLEMENTED. The
 //! request size limit is enforced while reading (RESOURCE_EXHAUSTED).
 
+use super::codec::BytesIn;
 use super::o5;
 use super::observe::CallTrace;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
 use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, Route};
 use crate::outbox::{MessageId, NewMessage};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
@@ -100,7 +100,7 @@ where
         };
         let limit = self.shared.max_request;
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec).apply_max_message_size_config(Some(limit), None);
+            let mut grpc = Grpc::new(BytesIn).apply_max_message_size_config(Some(limit), None);
             Ok(grpc.unary(call, req).await)
         })
     }
@@ -185,42 +185,4 @@ fn message_id_of(request: &Request<Bytes>) -> Result<Option<MessageId>, IngressE
     // gRPC metadata is printable ASCII; UTF-8 beyond it is read as text too.
     let text = std::str::from_utf8(value.as_bytes()).map_err(|_| IngressError::MessageIdNotText)?;
     Ok(MessageId::optional(text)?)
-}
-
-/// Reads a request as the bytes it is; answers `google.protobuf.Empty`,
-/// whose encoding is empty.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = ();
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-
-    fn encode(&mut self, _empty: (), _dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }

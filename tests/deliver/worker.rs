@@ -4,7 +4,8 @@
 //! and answers as the test's script says; in plaintext, or over TLS with a
 //! certificate the test made.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use outbox_relay::grpc::codec::BytesIn;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, UnaryService};
@@ -225,7 +225,7 @@ where
             state: self.state.clone(),
             path: req.uri().path().to_owned(),
         };
-        Box::pin(async move { Ok(Grpc::new(RawCodec).unary(handler, req).await) })
+        Box::pin(async move { Ok(Grpc::new(BytesIn).unary(handler, req).await) })
     }
 }
 
@@ -265,38 +265,5 @@ impl UnaryService<Bytes> for Handler {
             state.in_flight.fetch_sub(1, Ordering::SeqCst);
             answer.map(|()| Response::new(()))
         })
-    }
-}
-
-/// Reads a request as its bytes; answers `google.protobuf.Empty` (no bytes).
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = ();
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-    fn encode(&mut self, _: (), _: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
