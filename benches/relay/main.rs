@@ -26,6 +26,7 @@ mod worker;
 use affinity::{PinMode, Pinner};
 use clap::{Parser, ValueEnum};
 use report::{Report, Row};
+use std::time::Duration;
 use support::{BenchQueue, QueueKind};
 
 /// Benchmark of `outbox-relay run` against plain lapin on the same broker.
@@ -202,6 +203,44 @@ async fn steady(report: &mut Report, conn: &lapin::Connection, queue: &BenchQueu
             report.add(row);
         }
     }
+    idle(report, opts).await;
+}
+
+/// What a relay costs while there is nothing to send (issue 14): its own
+/// CPU and its PostgreSQL backends' per second of an empty table, measured
+/// over the steady runs' length once the adaptive poll has backed off to
+/// `--poll-interval` (an indexed existence check per worker per interval).
+async fn idle(report: &mut Report, opts: &Options) {
+    /// The poll backs off from 5 ms to --poll-interval (default 1 s)
+    /// within this.
+    const SETTLE: Duration = Duration::from_secs(3);
+    let pg = support::pg().await;
+    let schema = support::Schema::create("idle", false).await;
+    let relay = support::RelayProcess::spawn(&schema, &[]);
+    tokio::time::sleep(SETTLE).await;
+    let (relay_before, pg_before) = (relay.cost().cpu, schema.relay_backends_cpu(&pg).await);
+    let window = Duration::from_secs_f64(opts.steady_secs);
+    tokio::time::sleep(window).await;
+    let relay_cpu = relay.cost().cpu.saturating_sub(relay_before);
+    let pg_cpu = schema
+        .relay_backends_cpu(&pg)
+        .await
+        .saturating_sub(pg_before);
+    relay.stop();
+    schema.drop_schema(&pg).await;
+    let per_second = |cpu: Duration| cpu.as_secs_f64() * 1e3 / window.as_secs_f64();
+    report.add(
+        Row::new(
+            "idle",
+            "-",
+            format!(
+                "relay + PostgreSQL CPU per idle second (relay {:.2}, PostgreSQL {:.2} ms/s), empty table, defaults",
+                per_second(relay_cpu),
+                per_second(pg_cpu)
+            ),
+        )
+        .measure(per_second(relay_cpu + pg_cpu), "ms/s"),
+    );
 }
 
 /// Insert throughput with the trigger installed vs not.

@@ -235,7 +235,7 @@ pub struct RunArgs {
     /// Workers, each with its own channel and up to two batches in flight
     /// (one being marked while the next is published), each batch holding
     /// its own database connection.
-    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "2")]
+    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]
     pub concurrency: NonZeroUsize,
     /// Longest idle wait between looks for due rows. After an empty claim a
     /// worker looks again after 5 ms, then twice as long each time up to
