@@ -10,7 +10,7 @@
 //!   once (invariant 4).
 
 use super::{Claimed, Failure, OnSent, Outbox, StoreError};
-use deadpool_postgres::Object;
+use deadpool_postgres::{Object, Pool};
 use std::sync::Arc;
 use tokio_postgres::types::Type;
 
@@ -30,7 +30,7 @@ pub struct ClaimLimits {
 
 /// Rows locked by one open transaction.
 pub struct Claim {
-    client: Option<Object>,
+    tx: ClaimTx,
     statements: Arc<super::Statements>,
     cursor: Arc<super::ClaimCursor>,
     pub rows: Vec<Claimed>,
@@ -47,26 +47,13 @@ impl std::fmt::Debug for Claim {
 impl Outbox {
     /// Opens a transaction and locks up to `limits.rows` due rows.
     pub async fn claim(&self, limits: &ClaimLimits) -> Result<Claim, StoreError> {
-        let client = self.pool.get().await?;
         let mut claim = Claim {
-            client: Some(client),
+            tx: ClaimTx::begin(&self.pool, limits).await?,
             statements: self.sql.clone(),
             cursor: self.cursor.clone(),
             rows: Vec::new(),
         };
-        let client = claim.client();
-        // Session settings as SET LOCAL, in the round trip of BEGIN: they
-        // hold for this transaction only, which is also all a pooler in
-        // transaction mode (PgBouncer) guarantees. No sequential scans: every
-        // statement of the claim has an index path, and a table grown from
-        // empty before its first ANALYZE would otherwise be scanned whole.
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
-                 SET LOCAL enable_seqscan = off",
-                limits.idle_timeout.as_millis().max(1)
-            ))
-            .await?;
+        let client = claim.tx.client();
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         let (rows, max, bytes) = (
             to_i64(limits.rows),
@@ -102,12 +89,6 @@ impl Outbox {
 }
 
 impl Claim {
-    fn client(&self) -> &Object {
-        self.client
-            .as_ref()
-            .expect("a claim is used only until finished")
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -115,7 +96,7 @@ impl Claim {
     /// Reads one payload the claim left unloaded (a row above the batch's
     /// byte budget), under this claim's lock. `None` if the row is gone.
     pub async fn load_payload(&self, id: super::RowId) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client();
+        let client = self.tx.client();
         let row = client
             .query_typed_opt(&self.statements.load_payload, &[(&id.0, Type::INT8)])
             .await?;
@@ -133,7 +114,7 @@ impl Claim {
         on_sent: OnSent,
         failures: &[Failure],
     ) -> Result<(), StoreError> {
-        let client = self.client();
+        let client = self.tx.client();
         if !sent.is_empty() {
             let sql = match on_sent {
                 OnSent::Mark => &self.statements.mark_sent,
@@ -147,9 +128,7 @@ impl Claim {
             record_failures(client, &self.statements.record_failures, failures).await?;
         }
         kill_point!("relay_before_commit");
-        client.batch_execute("COMMIT").await?;
-        // Committed: the connection is clean and goes back to the pool.
-        self.client.take();
+        self.tx.commit().await?;
         if let Some(backoff) = failures.iter().filter(|f| !f.dead).map(|f| f.delay).min() {
             self.cursor.rescan_at(std::time::Instant::now() + backoff);
         }
@@ -157,7 +136,50 @@ impl Claim {
     }
 }
 
-impl Drop for Claim {
+/// The transaction of a claim (of either table format) on its own pooled
+/// connection: begun with the claim's session settings, committed by
+/// [`ClaimTx::commit`], and when dropped before that, its connection is
+/// closed rather than returned to the pool mid-transaction.
+pub(super) struct ClaimTx {
+    client: Option<Object>,
+}
+
+impl ClaimTx {
+    /// Takes a connection and begins, with settings for this transaction
+    /// only as SET LOCAL in the round trip of BEGIN (which is also all a
+    /// pooler in transaction mode, PgBouncer, guarantees): the idle bound of
+    /// invariant 4, and no sequential scans (every statement of a claim has
+    /// an index path, and a table grown from empty before its first ANALYZE
+    /// would otherwise be scanned whole).
+    pub(super) async fn begin(pool: &Pool, limits: &ClaimLimits) -> Result<Self, StoreError> {
+        let tx = Self {
+            client: Some(pool.get().await?),
+        };
+        tx.client()
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
+                 SET LOCAL enable_seqscan = off",
+                limits.idle_timeout.as_millis().max(1)
+            ))
+            .await?;
+        Ok(tx)
+    }
+
+    pub(super) fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("a claim is used only until finished")
+    }
+
+    /// Commits; the clean connection goes back to the pool.
+    pub(super) async fn commit(&mut self) -> Result<(), StoreError> {
+        self.client().batch_execute("COMMIT").await?;
+        self.client.take();
+        Ok(())
+    }
+}
+
+impl Drop for ClaimTx {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             // Mid-transaction: never reuse it. Dropping the connection makes

@@ -23,8 +23,9 @@ mod sql;
 
 pub use sql::O5Statements;
 
+use super::claim::ClaimTx;
 use super::{ClaimLimits, Identifier, StoreError, TableGauges};
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Pool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::Type;
@@ -163,20 +164,11 @@ impl O5Outbox {
     /// when it sits idle in its transaction longer than `limits.idle_timeout`.
     pub async fn claim(&self, limits: &ClaimLimits) -> Result<O5Claim, StoreError> {
         let mut claim = O5Claim {
-            client: Some(self.pool.get().await?),
+            tx: ClaimTx::begin(&self.pool, limits).await?,
             sql: self.sql.clone(),
             rows: Vec::new(),
         };
-        let client = claim.client();
-        // As the relay's own claim: settings for this transaction only
-        // (a pooler in transaction mode keeps no more), and the index path.
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
-                 SET LOCAL enable_seqscan = off",
-                limits.idle_timeout.as_millis().max(1)
-            ))
-            .await?;
+        let client = claim.tx.client();
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         let found = client
             .query_typed(
@@ -270,7 +262,7 @@ fn shape_of(columns: &[(String, String)], schema: &Identifier) -> Result<Shape, 
 
 /// Rows locked by one open transaction.
 pub struct O5Claim {
-    client: Option<Object>,
+    tx: ClaimTx,
     sql: Arc<O5Statements>,
     pub rows: Vec<O5Row>,
 }
@@ -284,12 +276,6 @@ impl std::fmt::Debug for O5Claim {
 }
 
 impl O5Claim {
-    fn client(&self) -> &Object {
-        self.client
-            .as_ref()
-            .expect("a claim is used only until finished")
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -301,7 +287,7 @@ impl O5Claim {
         sent: &[String],
         failures: &[O5Failure],
     ) -> Result<(), StoreError> {
-        let client = self.client();
+        let client = self.tx.client();
         if !sent.is_empty() {
             client
                 .query_typed(&self.sql.delete_sent, &[(&sent, Type::TEXT_ARRAY)])
@@ -327,20 +313,7 @@ impl O5Claim {
                 )
                 .await?;
         }
-        client.batch_execute("COMMIT").await?;
-        // Committed: the connection is clean and goes back to the pool.
-        self.client.take();
-        Ok(())
-    }
-}
-
-impl Drop for O5Claim {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            // Mid-transaction: never reuse it. Dropping the connection makes
-            // the server roll back and release the rows now.
-            drop(Object::take(client));
-        }
+        self.tx.commit().await
     }
 }
 
