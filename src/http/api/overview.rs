@@ -100,7 +100,10 @@ pub struct StatsCache {
 struct Computed {
     at: Instant,
     took: Duration,
-    body: Value,
+    /// A failure is shared too: requests queued behind a computation that
+    /// failed (a statement timeout, no free connection) must not each try
+    /// again, one after another, keeping a backend busy.
+    body: Result<Value, ApiError>,
 }
 
 /// How long stats that took `took` to compute are served.
@@ -116,8 +119,12 @@ pub async fn stats(State(api): Api) -> Result<Response, ApiError> {
         .is_none_or(|c| c.at.elapsed() >= freshness(c.took));
     if stale {
         let start = Instant::now();
-        let overview = api.outbox.overview(TOP_ROUTES).await?;
-        let body = serde_json::to_value(&overview).expect("stats serialize");
+        let body = api
+            .outbox
+            .overview(TOP_ROUTES)
+            .await
+            .map(|overview| serde_json::to_value(&overview).expect("stats serialize"))
+            .map_err(ApiError::from);
         *last = Some(Computed {
             at: start,
             took: start.elapsed(),
@@ -125,7 +132,7 @@ pub async fn stats(State(api): Api) -> Result<Response, ApiError> {
         });
     }
     let computed = last.as_ref().expect("computed above");
-    let mut body = computed.body.clone();
+    let mut body = computed.body.clone()?;
     body["age_seconds"] = json!(computed.at.elapsed().as_secs_f64());
     body["compute_seconds"] = json!(computed.took.as_secs_f64());
     Ok(json(StatusCode::OK, &body))
