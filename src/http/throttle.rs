@@ -4,6 +4,7 @@
 //! answered 429 with `Retry-After` until its window ends, and its token is
 //! not even compared. Successful requests are never counted or slowed.
 //!
+//! An IPv6 client counts by its /64, which one host commonly holds whole.
 //! Behind a proxy every client connects from the proxy's address and shares
 //! its allowance: a guesser then also locks the operator out for the rest
 //! of the minute, which is the price of not trusting `X-Forwarded-For`
@@ -27,6 +28,19 @@ const TRACKED: usize = 4096;
 /// The allowance shared by addresses that did not fit in the table.
 const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
+/// Whom an address stands for: an IPv6 address by its /64 (one host
+/// commonly holds a whole /64, and would otherwise get an allowance per
+/// address), an IPv4-mapped one as the IPv4 address it is.
+fn client_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Throttle {
     failures: Mutex<HashMap<IpAddr, Failures>>,
@@ -42,12 +56,12 @@ impl Throttle {
     /// `Err(wait)` when `peer` used up its allowance: refuse it without
     /// looking at what it sent, and tell it to come back after `wait`.
     pub fn admit(&self, peer: IpAddr) -> Result<(), Duration> {
-        self.admit_at(peer, Instant::now())
+        self.admit_at(client_of(peer), Instant::now())
     }
 
     /// Counts a failed attempt of `peer`.
     pub fn failed(&self, peer: IpAddr) {
-        self.failed_at(peer, Instant::now());
+        self.failed_at(client_of(peer), Instant::now());
     }
 
     fn admit_at(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
@@ -119,6 +133,30 @@ mod tests {
             throttle.admit_at(ip(1), start + WINDOW),
             Ok(()),
             "a new window starts with one failure"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_a_mapped_ipv4_is_its_ipv4() {
+        let throttle = Throttle::default();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        for _ in 0..FAILURES_ALLOWED / 2 {
+            throttle.failed(a);
+            throttle.failed(b);
+        }
+        assert!(throttle.admit(a).is_err());
+        assert!(throttle.admit(b).is_err(), "the same /64");
+        assert_eq!(throttle.admit(other), Ok(()), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        for _ in 0..FAILURES_ALLOWED {
+            throttle.failed(mapped);
+        }
+        assert!(
+            throttle
+                .admit(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)))
+                .is_err()
         );
     }
 
