@@ -98,11 +98,8 @@ impl Sink {
         }
         if crate::telemetry::otel::enabled() {
             // The call's span (grpc::observe) names what it stores.
-            let ids: Vec<String> = messages
-                .iter()
-                .filter_map(|m| m.message_id.as_ref().map(MessageId::to_string))
-                .collect();
-            tracing::Span::current().record("messaging.message.ids", ids.join(","));
+            let ids = MessageId::join(messages.iter().filter_map(|m| m.message_id.as_ref()));
+            tracing::Span::current().record("messaging.message.ids", ids);
         }
         let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
         if direct {
@@ -134,16 +131,15 @@ impl Sink {
             if state == ExchangeState::Missing {
                 return Err(IngressError::ExchangeMissing(message.exchange.clone()));
             }
-            // `admit` gave every message its id.
             let id = message
                 .message_id
-                .clone()
-                .unwrap_or_else(MessageId::generate);
+                .as_ref()
+                .expect("admit gave every message its id");
             batch.push(Outgoing {
                 payload: &message.payload,
                 envelope: encode_new(
                     message,
-                    &id,
+                    id,
                     created,
                     self.broker.limits(self.max_message_size),
                 )?,
@@ -196,11 +192,9 @@ impl Sink {
 pub fn admit(message: &mut NewMessage, limits: Limits) -> Result<(), IngressError> {
     // Fixing the id here keeps it stable across the check and the store,
     // and lets direct mode publish what outbox mode would.
-    let id = message
-        .message_id
-        .get_or_insert_with(MessageId::generate)
-        .clone();
-    encode_new(message, &id, 0, limits)?;
+    message.message_id.get_or_insert_with(MessageId::generate);
+    let id = message.message_id.as_ref().expect("set above");
+    encode_new(message, id, 0, limits)?;
     Ok(())
 }
 

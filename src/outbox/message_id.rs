@@ -88,6 +88,19 @@ impl MessageId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `ids` comma-separated in one string, as spans record them
+    /// (`messaging.message.ids`).
+    pub fn join<'a>(ids: impl IntoIterator<Item = &'a MessageId>) -> String {
+        let mut joined = String::new();
+        for id in ids {
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(&id.0);
+        }
+        joined
+    }
 }
 
 impl fmt::Display for MessageId {

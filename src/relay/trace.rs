@@ -9,9 +9,8 @@
 //! sender's trace (child of the sender's span, linked to the batch); any
 //! other message's span is a child of the batch's publish span.
 
-use crate::outbox::{Claimed, OutboxRow};
+use crate::outbox::{Claimed, MessageId, OutboxRow};
 use crate::telemetry::{TraceContext, otel};
-use std::fmt::Write;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -76,13 +75,8 @@ pub(super) fn trace_id(claimed: &Claimed) -> Option<String> {
 }
 
 fn message_ids(rows: &[Claimed]) -> String {
-    let mut ids = String::new();
-    for claimed in rows {
-        let Claimed::Row(row) = claimed else { continue };
-        if !ids.is_empty() {
-            ids.push(',');
-        }
-        let _ = write!(ids, "{}", row.message_id);
-    }
-    ids
+    MessageId::join(rows.iter().filter_map(|claimed| match claimed {
+        Claimed::Row(row) => Some(&row.message_id),
+        _ => None,
+    }))
 }
