@@ -21,7 +21,7 @@
 //! message per business transaction, and the plain claim → publish →
 //! confirm → delete turn drains that with room to spare.
 
-use super::{BatchReport, Outcome, RelayError, RelaySettings, RowFailure, Step};
+use super::{BatchReport, Fate, Outcome, RelayError, RelaySettings, RowFailure, Step};
 use crate::amqp::publish::{Outgoing, refused_exchange};
 use crate::amqp::{Broker, BrokerError, EncodeError, Encoded, ExchangeState, Limits, Publisher};
 use crate::amqp::{PublishError, encode_new};
@@ -40,14 +40,6 @@ pub struct O5Relay {
     settings: RelaySettings,
     metrics: Arc<Metrics>,
     publisher: Option<Publisher>,
-}
-
-/// What became of one claimed row.
-enum Fate {
-    Sent,
-    Failed(RowFailure),
-    /// Past the claim's byte budget: left as it was, for the next claim.
-    Later,
 }
 
 /// A row ready to publish.
