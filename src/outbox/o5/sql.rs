@@ -11,13 +11,15 @@ use super::Shape;
 /// values (invariant 8): `data` comes as text, decoded per row by the
 /// relay. Memory is bounded (invariant 10): `data` is loaded only up to
 /// `$2` bytes (`--max-message-size`), and only while the claim's rows add
-/// up to `$3` bytes (`--batch-max-bytes`), the first row always: rows past
-/// the budget come without it and stay for the next claim.
+/// up to `$3` bytes (`--batch-max-bytes`), the first loadable row always:
+/// rows past the budget come without it and stay for the next claim. A row
+/// above `$2` is never loaded (it is dead-lettered), so it takes nothing
+/// from the budget.
 const CLAIM: &str =
     "SELECT id, CASE WHEN len <= $2 AND (budget <= $3 OR budget = len) THEN body END,
        len, attempts
 FROM (
-    SELECT *, sum(len) OVER (ORDER BY due, id) AS budget
+    SELECT *, sum(CASE WHEN len <= $2 THEN len ELSE 0 END) OVER (ORDER BY due, id) AS budget
     FROM (
         SELECT id::text AS id, data::text AS body, octet_length(data::text)::bigint AS len,
                COALESCE(attempts, 0) AS attempts, {due} AS due
