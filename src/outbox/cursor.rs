@@ -52,7 +52,7 @@ impl ClaimCursor {
         if retry || state.last_rescan.elapsed() >= RESCAN_EVERY {
             state.from = 0;
         }
-        if state.from == 0 && retry {
+        if retry {
             state.retry_due = None;
         }
         if state.from == 0 {
