@@ -51,10 +51,10 @@ const RESERVED: &[&str] = &[
     "upgrade",
     MESSAGE_ID_METADATA,
 ];
-/// Prefixes of header names never turned into metadata: gRPC's own, and
-/// what RabbitMQ adds when a message is dead-lettered (through the retry
-/// queue).
-const RESERVED_PREFIXES: &[&str] = &["grpc-", "x-death", "x-first-death-", "x-last-death-"];
+/// Prefixes of header names never turned into metadata: gRPC's own. (What
+/// RabbitMQ adds when a message is dead-lettered through the retry queue
+/// is left out too: `settle::is_bookkeeping`.)
+const RESERVED_PREFIXES: &[&str] = &["grpc-"];
 
 /// The method a message is for, and its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +165,7 @@ pub fn metadata(properties: &BasicProperties) -> MetadataMap {
         let name = name.as_str().to_ascii_lowercase();
         if RESERVED.contains(&name.as_str())
             || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || super::settle::is_bookkeeping(&name)
         {
             continue;
         }

@@ -243,18 +243,25 @@ pub fn rebuilt(original: &BasicProperties, headers: FieldTable) -> BasicProperti
     p
 }
 
-/// The headers without what RabbitMQ adds on dead-lettering (`x-death`,
-/// `x-first-death-*`, `x-last-death-*`): a copy is a new message.
+/// Whether RabbitMQ added the header on dead-lettering (`x-death`,
+/// `x-first-death-*`, `x-last-death-*`): bookkeeping of a message's past
+/// life, not the sender's.
+pub fn is_bookkeeping(name: &str) -> bool {
+    name == "x-death" || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
+}
+
+/// The headers without RabbitMQ's dead-lettering bookkeeping: a copy is a
+/// new message.
 pub fn without_bookkeeping(headers: Option<&FieldTable>) -> FieldTable {
     let kept: BTreeMap<ShortString, AMQPValue> = headers
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| {
-            let k = k.as_str();
-            k != "x-death" && !k.starts_with("x-first-death-") && !k.starts_with("x-last-death-")
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| !is_bookkeeping(k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     FieldTable::from(kept)
 }
 
