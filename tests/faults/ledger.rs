@@ -154,6 +154,10 @@ impl Consumer {
         .await;
         self.stop.cancel();
         let _ = self.task.await;
+        // What the consumer did not take is still in the queue, not lost:
+        // count it too (a consumer session the broker dropped without a
+        // word must not turn into lost messages).
+        sweep(queue, &self.seen, &self.received).await;
         let seen = self.seen.lock().await;
         seen.clone()
     }
@@ -231,6 +235,8 @@ async fn subscribe(queue: &str) -> Option<(Connection, Channel, lapin::Consumer)
 }
 
 /// One connection's worth of consuming; returns when the connection fails.
+/// The connection is closed on the way out (also when the session is
+/// cancelled), so that deliveries it held unacked go back to the queue.
 async fn consume_session(
     queue: &str,
     seen: &Mutex<HashMap<String, usize>>,
@@ -241,6 +247,8 @@ async fn consume_session(
     else {
         return;
     };
+    let guard = Closing(Some(conn));
+    let conn = guard.0.as_ref().expect("set above");
     let mut last_delivery = tokio::time::Instant::now();
     loop {
         // A broker that stops does not always end the stream: check the
@@ -263,19 +271,69 @@ async fn consume_session(
             Err(_) => continue,
         };
         last_delivery = tokio::time::Instant::now();
-        received.fetch_add(1, Ordering::Relaxed);
-        let id = message_id(&delivery);
-        {
-            let mut seen = seen.lock().await;
-            let count = seen.entry(id).or_insert(0);
-            if !(delivery.redelivered && *count > 0) {
-                *count += 1;
-            }
-        }
-        if delivery.ack(BasicAckOptions::default()).await.is_err() {
+        count(seen, received, &delivery).await;
+        let acked = tokio::time::timeout(SETUP_TIMEOUT, delivery.ack(BasicAckOptions::default()));
+        if !matches!(acked.await, Ok(Ok(_))) {
             return;
         }
     }
+}
+
+/// Counts one delivery; a redelivery of a message already seen (its ack
+/// lost with a connection) is the broker's, not a duplicate of the relay's.
+async fn count(
+    seen: &Mutex<HashMap<String, usize>>,
+    received: &AtomicUsize,
+    delivery: &lapin::message::Delivery,
+) {
+    received.fetch_add(1, Ordering::Relaxed);
+    let id = message_id(delivery);
+    let mut seen = seen.lock().await;
+    let count = seen.entry(id).or_insert(0);
+    if !(delivery.redelivered && *count > 0) {
+        *count += 1;
+    }
+}
+
+/// Closes its connection when dropped, without waiting for the broker's
+/// answer: a session's connection must not outlive it.
+struct Closing(Option<Connection>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(SETUP_TIMEOUT, conn.close(200, "done".into())).await;
+            });
+        }
+    }
+}
+
+/// Takes what is left in `queue` with `basic.get` on a new connection,
+/// acking each, until the queue answers empty.
+async fn sweep(queue: &str, seen: &Mutex<HashMap<String, usize>>, received: &AtomicUsize) {
+    let Ok(Ok(conn)) = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        Connection::connect(AMQP_URL, ConnectionProperties::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        while let Ok(Ok(Some(got))) = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            channel.basic_get(queue.into(), lapin::options::BasicGetOptions::default()),
+        )
+        .await
+        {
+            count(seen, received, &got.delivery).await;
+            if got.delivery.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(SETUP_TIMEOUT, conn.close(200, "done".into())).await;
 }
 
 /// The verdict of one scenario.

@@ -46,9 +46,16 @@ const WINDOW: usize = BATCH * IN_FLIGHT * CONCURRENCY;
 struct RelayChild(std::process::Child);
 
 impl RelayChild {
+    /// The relay's warnings go to [`relay_log`] (appended: a scenario may
+    /// start several), shown if the scenario loses a message; with
+    /// `TEST_LOG` set, to the terminal.
     fn spawn(env: &TestEnv, extra: &[&str], failpoints: Option<&str>) -> Self {
         let stderr = if std::env::var_os("TEST_LOG").is_none() {
-            Stdio::null()
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(relay_log(env))
+                .map_or_else(|_| Stdio::null(), Stdio::from)
         } else {
             Stdio::inherit()
         };
@@ -175,6 +182,9 @@ impl Run {
         let tally = Tally::of(&self.produced, &seen);
         let bound = faults * window;
         report::record(self.name, &tally, faults, bound, self.started.elapsed());
+        if tally.lost > 0 {
+            explain_loss(self.name, &self.env, &pg).await;
+        }
         assert_eq!(tally.lost, 0, "{}: lost", self.name);
         assert_eq!(
             tally.phantom, 0,
@@ -194,6 +204,37 @@ impl Run {
         let _ = pg
             .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.env.schema))
             .await;
+        let _ = std::fs::remove_file(relay_log(&self.env));
         tally
     }
+}
+
+/// Prints what a loss needs to be told apart: rows the relay gave up on
+/// (dead-lettered, with their errors) or messages still in the queue
+/// that the ledger's consumer never got.
+async fn explain_loss(name: &str, env: &TestEnv, pg: &tokio_postgres::Client) {
+    let errors = format!(
+        "SELECT count(*)::text || ' dead: ' || coalesce(last_error, '') FROM {} \
+         WHERE dead_at IS NOT NULL GROUP BY last_error ORDER BY count(*) DESC LIMIT 5",
+        env.table()
+    );
+    for row in pg.query(&errors, &[]).await.unwrap_or_default() {
+        eprintln!("{}: {}", name, row.get::<_, String>(0));
+    }
+    eprintln!(
+        "{}: ready in the queue: {:?}",
+        name,
+        ledger::queue_depth(&env.queue).await
+    );
+    let log = std::fs::read_to_string(relay_log(env)).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!("{name}: the relay's last warnings:");
+    for line in &lines[lines.len().saturating_sub(40)..] {
+        eprintln!("  {line}");
+    }
+}
+
+/// Where a scenario's relays write their warnings.
+fn relay_log(env: &TestEnv) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("outbox-faults-{}.log", env.schema))
 }
