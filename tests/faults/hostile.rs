@@ -121,6 +121,22 @@ async fn drop_role(env: &TestEnv, role: &str) {
         .await;
 }
 
+/// A channel whose connection the server has answered a health check on.
+async fn served_channel(addr: std::net::SocketAddr) -> Option<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(channel)
+}
+
 async fn grpc_status(addr: std::net::SocketAddr) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
@@ -530,12 +546,20 @@ async fn the_grpc_door_limits_connections_and_answers_oversized_metadata_with_re
         "a connection past the limit is closed: {read:?}"
     );
     drop(held);
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    // The server frees their slots once it reads their end, a moment later;
+    // until then a new connection is past the limit and closed at once.
+    // The oversized call goes on a connection the server has answered on.
+    let deadline = std::time::Instant::now() + WITHIN;
+    let channel = loop {
+        if let Some(channel) = served_channel(addr).await {
+            break channel;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections are served again once the held ones are closed"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    };
     let mut client =
         outbox_relay::proto::outbox::v1::publisher_client::PublisherClient::new(channel);
     let mut request = tonic::Request::new(outbox_relay::proto::outbox::v1::PublishRequest {
