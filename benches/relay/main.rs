@@ -193,6 +193,7 @@ async fn steady(report: &mut Report, conn: &lapin::Connection, queue: &BenchQueu
             let label = format!("{rate}/s, trigger {}", if trigger { "on" } else { "off" });
             let mut row = Row::new("steady", queue.kind.name(), label)
                 .rate(s.achieved)
+                .measure(s.cpu_per_message, "µs CPU/msg (relay + PostgreSQL)")
                 .latency(s.to_ack, s.to_consumer)
                 .dead_tuples(s.dead_tuples);
             if rate == 1_000 {

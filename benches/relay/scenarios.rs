@@ -252,6 +252,8 @@ impl Latency {
 #[derive(Debug, Clone, Copy)]
 pub struct Steady {
     pub achieved: f64,
+    /// Relay + its PostgreSQL backends' CPU per message, µs.
+    pub cpu_per_message: f64,
     pub to_ack: Latency,
     pub to_consumer: Latency,
     pub dead_tuples: i64,
@@ -287,6 +289,7 @@ pub async fn steady(
     let producers = (rate / 250).clamp(1, 16);
     let per_producer = f64::from(rate) / f64::from(producers);
     let committed: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
+    let cpu_before = relay.cost().cpu + schema.relay_backends_cpu(&pg).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..producers)
         .map(|_| {
@@ -305,6 +308,7 @@ pub async fn steady(
     }
     let achieved = committed.lock().await.len() as f64 / started.elapsed().as_secs_f64();
     schema.wait_drained(&pg, DRAIN_DEADLINE).await;
+    let cpu = (relay.cost().cpu + schema.relay_backends_cpu(&pg).await).saturating_sub(cpu_before);
     let expected = committed.lock().await.len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.lock().await.len() < expected && Instant::now() < deadline {
@@ -336,6 +340,7 @@ pub async fn steady(
     };
     let result = Steady {
         achieved,
+        cpu_per_message: cpu.as_secs_f64() * 1e6 / expected.max(1) as f64,
         to_ack: Latency::of(since_commit(&sent)),
         to_consumer: Latency::of(since_commit(&received)),
         dead_tuples: schema.dead_tuples(&pg).await,
