@@ -237,12 +237,13 @@ pub struct RunArgs {
     /// its own database connection.
     #[arg(long, env = "OUTBOX_CONCURRENCY", default_value = "4")]
     pub concurrency: NonZeroUsize,
-    /// Longest idle wait between looks for due rows. After an empty claim a
-    /// worker looks again after 5 ms, then twice as long each time up to
-    /// this (a cheap indexed existence check, not a claim); any work starts
-    /// it over. So a row committed while the relay is busy or recently busy
-    /// waits milliseconds, and one after a long quiet spell at most this
-    /// (each wait is a random 50-100% of its step, so workers spread out).
+    /// Longest idle wait between looks for due rows. After an empty claim
+    /// the relay looks again within 5 ms, or an eighth of the time since it
+    /// last found rows, up to this (a cheap indexed existence check, not a
+    /// claim; its workers share one rate of looks); any work starts it
+    /// over. So a row committed while the relay is busy or recently busy
+    /// waits milliseconds, and one after a quiet spell at most this (each
+    /// wait is a random 50-100% of its step, so workers spread out).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long a batch waits for the broker's confirms before its unconfirmed

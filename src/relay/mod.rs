@@ -80,6 +80,11 @@ pub struct BatchReport {
     /// Time spent claiming, publishing until the last confirm, and marking
     /// and committing: where a slow batch spent its time.
     pub timings: [Duration; 3],
+    /// The claim was full (`--batch-size` rows): more are probably due, so
+    /// the worker claims again at once. After a short claim it first looks
+    /// with the cheap existence check: a claim costs a transaction and a
+    /// plan, and most of those after a short one would come back empty.
+    pub full: bool,
 }
 
 /// A step that could not run; nothing was marked, every claim was released.
@@ -247,6 +252,7 @@ impl Marker {
             retried: failures.len() - dead,
             dead,
             timings,
+            full: count >= self.settings.batch_size,
         }))
     }
 

@@ -99,6 +99,7 @@ impl O5Relay {
             }
         }
         let count = claim.rows.len() - later;
+        let full = claim.rows.len() >= self.settings.batch_size;
         self.metrics
             .record_published(&self.bridge.exchange, sent.len() as u64);
         claim.finish(&sent, &failures).await?;
@@ -112,6 +113,7 @@ impl O5Relay {
             retried: failures.len() - dead,
             dead,
             timings,
+            full,
         }))
     }
 

@@ -37,9 +37,19 @@ impl Pipeline {
     /// pooler with fewer server connections than claims (PgBouncer in
     /// transaction mode), a next claim waiting for a connection must not
     /// keep that batch from being marked and letting its connection go.
+    ///
+    /// Behind a short batch (fewer rows than `--batch-size`: the backlog was
+    /// empty when it was claimed) it only settles: a claim ahead would
+    /// mostly come back empty, and an empty claim costs a transaction and
+    /// the claim's plan (at 100 msg/s, 3.7 claims per message and 3 ms of
+    /// PostgreSQL CPU per message). The worker then looks with the cheap
+    /// existence check first ([`super::BatchReport::full`]).
     pub async fn step(&mut self) -> Result<Outcome, RelayError> {
         let (next, settled) = match self.ahead.take() {
             None => (self.relay.start_batch().await, None),
+            Some(previous) if previous.rows() < self.relay.marker.settings.batch_size => {
+                (Ok(None), Some(self.relay.finish_batch(previous).await))
+            }
             Some(previous) => {
                 let settling = settle_batch(
                     self.relay.broker.clone(),

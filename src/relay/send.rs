@@ -39,6 +39,13 @@ pub struct InFlight {
     spans: (Span, Vec<Span>),
 }
 
+impl InFlight {
+    /// Rows claimed for this batch.
+    pub fn rows(&self) -> usize {
+        self.claim.rows.len()
+    }
+}
+
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
