@@ -17,7 +17,7 @@ use super::group::GroupCommit;
 use super::observe::CallTrace;
 use super::status::IngressError;
 use crate::amqp::publish::Outgoing;
-use crate::amqp::{Broker, ExchangeState, Limits, Publisher, encode_new};
+use crate::amqp::{Broker, Encoded, ExchangeState, Limits, Publisher, encode_new};
 use crate::config::IngressMode;
 use crate::metrics::Metrics;
 use crate::outbox::{MessageId, NewMessage, Outbox};
@@ -92,9 +92,13 @@ impl Sink {
             return Err(IngressError::EmptyBatch);
         }
         let limits = self.broker.limits(self.max_message_size);
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let mut envelopes = Vec::with_capacity(messages.len());
         for message in &mut messages {
             trace.stamp(&mut message.headers);
-            admit(message, limits)?;
+            envelopes.push(admit(message, limits, created)?);
         }
         if crate::telemetry::otel::enabled() {
             // The call's span (grpc::observe) names what it stores.
@@ -103,7 +107,7 @@ impl Sink {
         }
         let direct = self.mode == IngressMode::Direct && messages.iter().all(|m| m.delay.is_zero());
         if direct {
-            self.publish(&messages).await
+            self.publish(&messages, envelopes).await
         } else {
             self.store(messages).await
         }
@@ -120,29 +124,22 @@ impl Sink {
         Ok(())
     }
 
-    /// Direct mode: publish with confirms, OK only on every ack.
-    async fn publish(&self, messages: &[NewMessage]) -> Result<(), IngressError> {
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    /// Direct mode: publish with confirms, OK only on every ack. Each
+    /// message goes out in the envelope [`admit`] encoded.
+    async fn publish(
+        &self,
+        messages: &[NewMessage],
+        envelopes: Vec<Encoded>,
+    ) -> Result<(), IngressError> {
         let mut batch = Vec::with_capacity(messages.len());
-        for message in messages {
+        for (message, envelope) in messages.iter().zip(envelopes) {
             let state = self.broker.exchange_state(&message.exchange).await?;
             if state == ExchangeState::Missing {
                 return Err(IngressError::ExchangeMissing(message.exchange.clone()));
             }
-            let id = message
-                .message_id
-                .as_ref()
-                .expect("admit gave every message its id");
             batch.push(Outgoing {
                 payload: &message.payload,
-                envelope: encode_new(
-                    message,
-                    id,
-                    created,
-                    self.broker.limits(self.max_message_size),
-                )?,
+                envelope,
             });
         }
         let publisher = self.publisher().await?;
@@ -187,15 +184,21 @@ impl Sink {
 }
 
 /// Checks `message` with the relay's own encoding rules (what the relay
-/// could never publish is refused at the door) and fixes its message_id.
-/// Shared with the HTTP API (`POST /api/messages`).
-pub fn admit(message: &mut NewMessage, limits: Limits) -> Result<(), IngressError> {
+/// could never publish is refused at the door), fixes its message_id and
+/// returns its envelope (`created_epoch` its AMQP timestamp): direct mode
+/// publishes that envelope, outbox mode drops it (the relay encodes the
+/// stored row when it sends it). Shared with the HTTP API
+/// (`POST /api/messages`).
+pub fn admit(
+    message: &mut NewMessage,
+    limits: Limits,
+    created_epoch: i64,
+) -> Result<Encoded, IngressError> {
     // Fixing the id here keeps it stable across the check and the store,
     // and lets direct mode publish what outbox mode would.
     message.message_id.get_or_insert_with(MessageId::generate);
     let id = message.message_id.as_ref().expect("set above");
-    encode_new(message, id, 0, limits)?;
-    Ok(())
+    Ok(encode_new(message, id, created_epoch, limits)?)
 }
 
 /// How long a wake-up waits for company: calls committed meanwhile ride on

@@ -144,7 +144,8 @@ impl Submitted {
             delay,
         };
         check_route(&message)?;
-        admit(&mut message, api.broker.limits(api.max_message_size))?;
+        // Stored, not published here: the envelope is only the check.
+        admit(&mut message, api.broker.limits(api.max_message_size), 0)?;
         Ok(message)
     }
 }
