@@ -393,17 +393,34 @@ async fn direct_mode_answers_after_the_ack_and_refuses_what_the_broker_would_not
     env.drop_schema().await;
 }
 
-/// Idle workers wait a random 50-100% of the poll interval; a stored call
-/// wakes them in-process, so its message does not wait for the next poll
-/// (here at least 30 s away, with the database trigger off).
+/// A relay that has found nothing since it started waits a random 50-100%
+/// of the poll interval after its first empty claim; a stored call wakes
+/// it in-process, so its message does not wait for the next poll (here at
+/// least 30 s away, with the database trigger off).
 #[tokio::test]
 async fn an_accepted_call_wakes_the_idle_relay_instead_of_waiting_for_the_poll() {
     let env = TestEnv::new("grpc_wake").await;
-    env.insert_rows(1).await;
-    let relay = sidecar(&env, &["--poll-interval", "60s", "--wakeup", "off"]).await;
-    // The row already there is relayed by the first poll: from then on the
-    // workers are idle.
-    assert_eq!(env.consume(1, WITHIN, Duration::ZERO).await.len(), 1);
+    let app = unique("grpc_wake");
+    let pg = format!("{PG_URL}?application_name={app}");
+    let relay = Running::start(env.run_args_with(
+        &pg,
+        AMQP_URL,
+        &["--poll-interval", "60s", "--wakeup", "off"],
+    ))
+    .await;
+    // Its first claim (empty) has committed: from now on it waits a poll.
+    let claimed = wait_until(WITHIN, || async {
+        env.pg
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND query = 'COMMIT' LIMIT 1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(claimed, "the relay made its first claim");
     let mut client = PublisherClient::new(channel(&relay).await);
     client
         .publish(to_queue(&env, b"now"))
