@@ -283,8 +283,23 @@ pub async fn steady(
         queue.name.clone(),
         received.clone(),
     ));
-    // Let the relay finish starting (its first idle claim) before timing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Steady state: timing starts once one row has gone through. A relay
+    // that has found nothing since it started waits up to --poll-interval
+    // for its first rows (with the trigger off), as after any quiet spell.
+    let warmup = uuid::Uuid::new_v4().to_string();
+    pg.execute(
+        &format!(
+            "INSERT INTO {} (message_id, routing_key, payload) VALUES ($1, $2, 'warmup')",
+            schema.table()
+        ),
+        &[&warmup, &queue.name],
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !received.lock().await.contains_key(&warmup) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let producers = (rate / 250).clamp(1, 16);
     let per_producer = f64::from(rate) / f64::from(producers);
