@@ -296,10 +296,7 @@ pub async fn steady(
     )
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !received.lock().await.contains_key(&warmup) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_received(&received, |got| got.contains_key(&warmup)).await;
 
     let producers = (rate / 250).clamp(1, 16);
     let per_producer = f64::from(rate) / f64::from(producers);
@@ -325,10 +322,7 @@ pub async fn steady(
     schema.wait_drained(&pg, DRAIN_DEADLINE).await;
     let cpu = (relay.cost().cpu + schema.relay_backends_cpu(&pg).await).saturating_sub(cpu_before);
     let expected = committed.lock().await.len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while received.lock().await.len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_received(&received, |got| got.len() >= expected).await;
     consumer.abort();
     relay.stop();
 
@@ -362,6 +356,17 @@ pub async fn steady(
     };
     schema.drop_schema(&pg).await;
     result
+}
+
+/// Waits until what the consumer received satisfies `done`, for 30 s at most.
+async fn until_received(
+    received: &Mutex<HashMap<String, f64>>,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(&*received.lock().await) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn produce(

@@ -301,8 +301,9 @@ struct Closing(Option<Connection>);
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            tokio::spawn(async move {
+        // No runtime (a failed test tearing down): the socket closes with it.
+        if let (Some(conn), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
                 let _ = tokio::time::timeout(SETUP_TIMEOUT, conn.close(200, "done".into())).await;
             });
         }
