@@ -97,6 +97,43 @@ pub fn postgres_cpu() -> Duration {
     )
 }
 
+/// Each CPU's busy and total clock ticks since boot, from the `cpuN` lines
+/// of `/proc/stat` (busy: everything but idle and iowait).
+pub fn cpu_ticks() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .filter_map(|l| {
+            let n: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map_while(|f| f.parse().ok())
+                .collect();
+            let total: u64 = n.iter().take(8).sum();
+            let idle = n.get(3)? + n.get(4)?;
+            Some((total - idle, total))
+        })
+        .collect()
+}
+
+/// How busy each CPU was between two [`cpu_ticks`] readings, 0 to 1.
+pub fn cpu_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((b0, t0), (b1, t1))| {
+            let total = t1.saturating_sub(*t0);
+            if total == 0 {
+                0.0
+            } else {
+                b1.saturating_sub(*b0) as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
 /// Peak resident memory of a process, from `/proc/<pid>/status`.
 pub fn peak_rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

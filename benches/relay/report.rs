@@ -21,6 +21,8 @@ pub struct Row {
     latency_names: (&'static str, &'static str),
     p99_max: Option<f64>,
     dead_tuples: Option<i64>,
+    /// Anything else measured alongside, shown last.
+    detail: Option<String>,
 }
 
 impl Row {
@@ -36,6 +38,7 @@ impl Row {
             latency_names: ("to ack", "to consumer"),
             p99_max: None,
             dead_tuples: None,
+            detail: None,
         }
     }
 
@@ -94,6 +97,11 @@ impl Row {
         self
     }
 
+    pub fn detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
     /// `None` when the row has no target.
     fn met(&self) -> Option<bool> {
         let checks = [
@@ -147,6 +155,7 @@ impl Row {
         if let Some(n) = self.dead_tuples {
             parts.push(format!("dead tuples {n}"));
         }
+        parts.extend(self.detail.clone());
         parts.join("; ")
     }
 
@@ -159,7 +168,7 @@ impl Row {
             "to_ack_ms": self.latency.map(|l| lat(&l.0)),
             "to_consumer_ms": self.latency.and_then(|l| l.1.as_ref().map(lat)),
             "latencies_measure": self.latency.map(|_| [self.latency_names.0, self.latency_names.1]),
-            "dead_tuples": self.dead_tuples, "target": self.target(), "met": self.met(),
+            "dead_tuples": self.dead_tuples, "detail": self.detail, "target": self.target(), "met": self.met(),
         })
     }
 }

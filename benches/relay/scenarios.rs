@@ -157,6 +157,9 @@ pub struct Drain {
     /// pg_stat_statements: none).
     pub statements: Option<Vec<Statement>>,
     pub dead_tuples: i64,
+    /// How busy each CPU was over the drain, 0 to 1 (pinned: CPU 0 is the
+    /// broker's, the others everything else's).
+    pub cpu_busy: Vec<f64>,
 }
 
 /// How many rows a drain has, and how many of them are poison.
@@ -196,12 +199,14 @@ pub async fn drain(
     let fill = filling.elapsed();
     statements::reset(&pg).await;
     let pg_cpu_before = procfs::postgres_cpu();
+    let cpu_before = procfs::cpu_ticks();
     let started = Instant::now();
     let children: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::spawn(&schema, extra))
         .collect();
     schema.wait_drained(&pg, drain_deadline(n)).await;
     let rate = backlog.good() as f64 / started.elapsed().as_secs_f64();
+    let cpu_busy = procfs::cpu_busy(&cpu_before, &procfs::cpu_ticks());
     let pg_cpu = procfs::postgres_cpu().saturating_sub(pg_cpu_before);
     let cost = children[0].cost();
     let relay_backends_cpu = schema.relay_backends_cpu(&pg).await;
@@ -220,6 +225,7 @@ pub async fn drain(
         relay_backends_cpu,
         statements,
         dead_tuples,
+        cpu_busy,
     }
 }
 

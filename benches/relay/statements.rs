@@ -15,12 +15,21 @@ pub struct Statement {
     pub mean_ms: f64,
     pub blks_hit: i64,
     pub blks_read: i64,
+    /// WAL the statement wrote: records, full-page images, bytes.
+    pub wal_records: i64,
+    pub wal_fpi: i64,
+    pub wal_bytes: f64,
 }
 
 impl Statement {
     /// Execution time per row returned or changed, in µs.
     pub fn us_per_row(&self) -> Option<f64> {
         (self.rows > 0).then(|| self.total_ms * 1e3 / self.rows as f64)
+    }
+
+    /// WAL bytes written per row returned or changed.
+    pub fn wal_per_row(&self) -> Option<f64> {
+        (self.rows > 0).then(|| self.wal_bytes / self.rows as f64)
     }
 
     /// The relay's claim: the pending rows it takes, skipping locked ones.
@@ -66,7 +75,8 @@ pub async fn top(pg: &tokio_postgres::Client, schema: &str, limit: i64) -> Optio
     let rows = pg
         .query(
             "SELECT query, calls, rows, total_exec_time, mean_exec_time,
-                    shared_blks_hit, shared_blks_read
+                    shared_blks_hit, shared_blks_read,
+                    wal_records, wal_fpi, wal_bytes::float8
              FROM pg_stat_statements
              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND strpos(query, $2) > 0
@@ -86,6 +96,9 @@ pub async fn top(pg: &tokio_postgres::Client, schema: &str, limit: i64) -> Optio
                 mean_ms: r.get(4),
                 blks_hit: r.get(5),
                 blks_read: r.get(6),
+                wal_records: r.get(7),
+                wal_fpi: r.get(8),
+                wal_bytes: r.get(9),
             })
             .collect(),
     )
@@ -96,9 +109,11 @@ pub async fn top(pg: &tokio_postgres::Client, schema: &str, limit: i64) -> Optio
 pub fn markdown(statements: &[Statement]) -> String {
     let per_row = |name: &str, s: Option<&Statement>| match s {
         Some(s) => format!(
-            "{name}: {} per row ({} calls, {} rows, {:.1} ms)",
+            "{name}: {} and {} of WAL per row ({} calls, {} rows, {:.1} ms)",
             s.us_per_row()
                 .map_or_else(|| "-".into(), |us| format!("{us:.2} µs")),
+            s.wal_per_row()
+                .map_or_else(|| "-".into(), |b| format!("{b:.0} B")),
             s.calls,
             s.rows,
             s.total_ms
@@ -106,14 +121,14 @@ pub fn markdown(statements: &[Statement]) -> String {
         None => format!("{name}: not among these statements"),
     };
     let mut md = format!(
-        "{}; {}\n\n| statement | calls | rows | mean ms | total ms | µs per row | shared blks hit | shared blks read |\n|---|---|---|---|---|---|---|---|\n",
+        "{}; {}\n\n| statement | calls | rows | mean ms | total ms | µs per row | shared blks hit | shared blks read | WAL records | WAL full pages | WAL bytes per row |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         per_row("claim", statements.iter().find(|s| s.is_claim())),
         per_row("mark", statements.iter().find(|s| s.is_mark())),
     );
     for s in statements {
         let _ = writeln!(
             md,
-            "| `{}` | {} | {} | {:.3} | {:.1} | {} | {} | {} |",
+            "| `{}` | {} | {} | {:.3} | {:.1} | {} | {} | {} | {} | {} | {} |",
             abbreviate(&s.query, 90),
             s.calls,
             s.rows,
@@ -122,7 +137,11 @@ pub fn markdown(statements: &[Statement]) -> String {
             s.us_per_row()
                 .map_or_else(String::new, |us| format!("{us:.2}")),
             s.blks_hit,
-            s.blks_read
+            s.blks_read,
+            s.wal_records,
+            s.wal_fpi,
+            s.wal_per_row()
+                .map_or_else(String::new, |b| format!("{b:.0}"))
         );
     }
     md

@@ -91,7 +91,7 @@ async fn write_groups(outbox: Outbox, receiver: Arc<Mutex<mpsc::Receiver<Pending
 
 async fn commit_group(outbox: &Outbox, group: Vec<Pending>) {
     let all: Vec<&NewMessage> = group.iter().flat_map(|p| &p.messages).collect();
-    match insert_all(outbox, &all).await {
+    match outbox.insert_all(&all).await {
         Ok(()) => {
             for pending in group {
                 let _ = pending.answer.send(Ok(()));
@@ -105,24 +105,8 @@ async fn commit_group(outbox: &Outbox, group: Vec<Pending>) {
             tracing::debug!(error = %e, calls = group.len(), "group commit failed; storing its calls one by one");
             for pending in group {
                 let messages: Vec<&NewMessage> = pending.messages.iter().collect();
-                let _ = pending.answer.send(insert_all(outbox, &messages).await);
+                let _ = pending.answer.send(outbox.insert_all(&messages).await);
             }
         }
     }
-}
-
-/// All of `messages` in one transaction, the inserts pipelined; a single
-/// message is one autocommitted statement (one round trip, not three).
-async fn insert_all(outbox: &Outbox, messages: &[&NewMessage]) -> Result<(), StoreError> {
-    if let [message] = messages {
-        return outbox.insert(message).await.map(drop);
-    }
-    let mut client = outbox.pool().get().await?;
-    let tx = client.transaction().await?;
-    let inserts = messages.iter().map(|m| outbox.insert_with(&*tx, m));
-    for inserted in futures::future::join_all(inserts).await {
-        inserted?;
-    }
-    tx.commit().await?;
-    Ok(())
 }

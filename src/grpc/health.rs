@@ -129,12 +129,8 @@ async fn changed(changes: &mut Option<watch::Receiver<DeliveryState>>) {
 }
 
 async fn database_answers(outbox: &Outbox) -> bool {
-    let probe = async {
-        let client = outbox.pool().get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
-    };
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
-        Ok(Some(_))
+        tokio::time::timeout(PROBE_TIMEOUT, outbox.ping()).await,
+        Ok(Ok(()))
     )
 }
