@@ -90,14 +90,15 @@ async fn drains(
     };
     let window = scenarios::best_window(conn, queue, n, opts.payload).await;
     for on_sent in ["mark", "delete"] {
-        let base = scenarios::baseline(conn, queue, n, opts.payload, window).await;
+        let (base, base_busy) = scenarios::baseline(conn, queue, n, opts.payload, window).await;
         report.add(
             Row::new(
                 group("baseline", pinned),
                 kind,
                 format!("lapin, window {window}"),
             )
-            .rate(base),
+            .rate(base)
+            .detail(cores_busy(&base_busy)),
         );
         let extra = ["--on-sent", on_sent];
         let label = if pinned {
@@ -128,12 +129,13 @@ async fn drains(
 }
 
 /// Per-core utilisation over a drain: which side (broker or relay and
-/// database) was the limit.
-fn cores_busy(busy: &[f64]) -> String {
+/// database) was the limit, and whether a side waited on the disk (the
+/// broker's message store and PostgreSQL's WAL share it here).
+fn cores_busy(busy: &[(f64, f64)]) -> String {
     let each: Vec<String> = busy
         .iter()
         .enumerate()
-        .map(|(cpu, b)| format!("cpu{cpu} {:.0}%", b * 100.0))
+        .map(|(cpu, (b, io))| format!("cpu{cpu} {:.0}% (iowait {:.0}%)", b * 100.0, io * 100.0))
         .collect();
     format!("busy {}", each.join(", "))
 }

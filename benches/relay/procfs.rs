@@ -97,9 +97,18 @@ pub fn postgres_cpu() -> Duration {
     )
 }
 
-/// Each CPU's busy and total clock ticks since boot, from the `cpuN` lines
-/// of `/proc/stat` (busy: everything but idle and iowait).
-pub fn cpu_ticks() -> Vec<(u64, u64)> {
+/// One CPU's clock ticks since boot, from its `cpuN` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTicks {
+    /// Everything but idle and iowait.
+    busy: u64,
+    /// Idle with disk I/O outstanding.
+    iowait: u64,
+    total: u64,
+}
+
+/// Each CPU's ticks now.
+pub fn cpu_ticks() -> Vec<CpuTicks> {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
         return Vec::new();
     };
@@ -112,24 +121,26 @@ pub fn cpu_ticks() -> Vec<(u64, u64)> {
                 .map_while(|f| f.parse().ok())
                 .collect();
             let total: u64 = n.iter().take(8).sum();
-            let idle = n.get(3)? + n.get(4)?;
-            Some((total - idle, total))
+            let (idle, iowait) = (*n.get(3)?, *n.get(4)?);
+            Some(CpuTicks {
+                busy: total - idle - iowait,
+                iowait,
+                total,
+            })
         })
         .collect()
 }
 
-/// How busy each CPU was between two [`cpu_ticks`] readings, 0 to 1.
-pub fn cpu_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+/// How each CPU spent the time between two [`cpu_ticks`] readings: the
+/// busy share and the iowait share, each 0 to 1.
+pub fn cpu_busy(before: &[CpuTicks], after: &[CpuTicks]) -> Vec<(f64, f64)> {
     before
         .iter()
         .zip(after)
-        .map(|((b0, t0), (b1, t1))| {
-            let total = t1.saturating_sub(*t0);
-            if total == 0 {
-                0.0
-            } else {
-                b1.saturating_sub(*b0) as f64 / total as f64
-            }
+        .map(|(b, a)| {
+            let total = a.total.saturating_sub(b.total).max(1) as f64;
+            let share = |x: u64, y: u64| x.saturating_sub(y) as f64 / total;
+            (share(a.busy, b.busy), share(a.iowait, b.iowait))
         })
         .collect()
 }

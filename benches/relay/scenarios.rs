@@ -125,17 +125,20 @@ pub async fn best_window(conn: &Connection, queue: &BenchQueue, n: usize, payloa
 
 /// The baseline: `n` messages with `window` in flight, then the queue is
 /// emptied again. Run right before the drain it is compared with, so both
-/// meet the broker in the same state.
+/// meet the broker in the same state. Gives the rate and how busy each CPU
+/// was meanwhile.
 pub async fn baseline(
     conn: &Connection,
     queue: &BenchQueue,
     n: usize,
     payload: usize,
     window: usize,
-) -> f64 {
+) -> (f64, Vec<(f64, f64)>) {
+    let before = procfs::cpu_ticks();
     let rate = lapin_publish(conn, &queue.name, n, payload, window).await;
+    let busy = procfs::cpu_busy(&before, &procfs::cpu_ticks());
     queue.purge(&conn.create_channel().await.unwrap()).await;
-    rate
+    (rate, busy)
 }
 
 /// What one drain measured.
@@ -157,9 +160,10 @@ pub struct Drain {
     /// pg_stat_statements: none).
     pub statements: Option<Vec<Statement>>,
     pub dead_tuples: i64,
-    /// How busy each CPU was over the drain, 0 to 1 (pinned: CPU 0 is the
-    /// broker's, the others everything else's).
-    pub cpu_busy: Vec<f64>,
+    /// How busy each CPU was over the drain and how long it waited on the
+    /// disk, 0 to 1 each (pinned: CPU 0 is the broker's, the others
+    /// everything else's).
+    pub cpu_busy: Vec<(f64, f64)>,
 }
 
 /// How many rows a drain has, and how many of them are poison.
