@@ -268,7 +268,8 @@ async fn migrating_twice_is_a_no_op() {
             "0002_wakeup",
             "0003_browse",
             "0004_text_message_id",
-            "0005_route_indexes"
+            "0005_route_indexes",
+            "0006_claim_function"
         ])
     );
     let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
@@ -497,7 +498,11 @@ async fn migration_0004_keeps_every_row_and_makes_message_id_text() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report["applied"],
-        serde_json::json!(["0004_text_message_id", "0005_route_indexes"])
+        serde_json::json!([
+            "0004_text_message_id",
+            "0005_route_indexes",
+            "0006_claim_function"
+        ])
     );
     let after: String = pg.query_one(&snapshot, &[]).await.unwrap().get(0);
     assert_eq!(before, after, "every row, id and state kept");

@@ -477,3 +477,60 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
     drop(claim);
     env.drop_schema().await;
 }
+
+/// Claims call the schema's claim function (migration 0006, planned once
+/// per session) when it exists, and send the statement it replaces when
+/// it does not (a table migrated by an earlier version): both claim the
+/// same rows.
+#[tokio::test]
+async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_it() {
+    use outbox_relay::outbox::{
+        ClaimLimits, Identifier, OnSent, Outbox, PoolOptions, connect_pool,
+    };
+    let env = TestEnv::new("claim_fn").await;
+    env.insert_rows(3).await;
+    let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
+    let outbox = || {
+        let pool = connect_pool(
+            url.config().clone(),
+            url.tls(),
+            PoolOptions {
+                max_size: 1,
+                timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        Outbox::new(pool, Identifier::parse(&env.schema).unwrap())
+    };
+    let limits = ClaimLimits {
+        rows: 10,
+        max_payload: 1 << 20,
+        batch_bytes: 1 << 20,
+        idle_timeout: Duration::from_secs(5),
+    };
+    let with_function = outbox();
+    with_function.ensure_table().await.unwrap();
+    let claim = with_function.claim(&limits).await.unwrap();
+    assert_eq!(claim.rows.len(), 3);
+    claim.finish(&[], OnSent::Mark, &[]).await.unwrap();
+
+    // Renamed away, the function this relay found at start is gone: its
+    // claim fails, which shows that it called the function.
+    env.pg
+        .batch_execute(&format!(
+            "ALTER FUNCTION \"{}\".outbox_claim(bigint, bigint, bigint, bigint) RENAME TO old_claim",
+            env.schema
+        ))
+        .await
+        .unwrap();
+    let error = with_function.claim(&limits).await.unwrap_err();
+    assert!(error.to_string().contains("outbox_claim"), "{error}");
+
+    // A relay started on a schema without it sends the statement.
+    let without = outbox();
+    without.ensure_table().await.unwrap();
+    let claim = without.claim(&limits).await.unwrap();
+    assert_eq!(claim.rows.len(), 3);
+    claim.finish(&[], OnSent::Mark, &[]).await.unwrap();
+    env.drop_schema().await;
+}

@@ -12,6 +12,7 @@
 use super::{Claimed, Failure, OnSent, Outbox, StoreError};
 use deadpool_postgres::{Object, Pool};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio_postgres::types::Type;
 
 /// How much one claim may take.
@@ -61,9 +62,14 @@ impl Outbox {
             to_i64(limits.batch_bytes),
         );
         let from = self.cursor.start();
+        let statement = if self.claim_function.load(Ordering::Relaxed) {
+            &claim.statements.claim_call
+        } else {
+            &claim.statements.claim
+        };
         let rows = client
             .query_typed(
-                &claim.statements.claim,
+                statement,
                 &[
                     (&rows, Type::INT8),
                     (&max, Type::INT8),

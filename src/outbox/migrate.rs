@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_route_indexes",
         sql: include_str!("../../sql/0005_route_indexes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_claim_function",
+        sql: include_str!("../../sql/0006_claim_function.sql"),
+    },
 ];
 
 /// Every migration of the o5 table format, in order.

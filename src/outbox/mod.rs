@@ -42,7 +42,7 @@ pub use sql::Statements;
 
 use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -170,6 +170,10 @@ pub struct Outbox {
     opened: Option<ConnectionCount>,
     /// Where the next claim starts (shared by the clones: one relay).
     cursor: Arc<ClaimCursor>,
+    /// The schema has the claim function (migration 0006): claims call it
+    /// instead of sending the statement, which is then planned once per
+    /// session. Found by [`Self::ensure_table`].
+    claim_function: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -189,6 +193,7 @@ impl Outbox {
             sql,
             opened: None,
             cursor: Arc::new(ClaimCursor::default()),
+            claim_function: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -236,10 +241,15 @@ impl Outbox {
                 "SELECT to_regclass($1) IS NOT NULL,
                         (SELECT format_type(atttypid, NULL) FROM pg_attribute
                          WHERE attrelid = to_regclass($1) AND attname = 'message_id'
-                           AND NOT attisdropped)",
-                &[(&self.sql.table, Type::TEXT)],
+                           AND NOT attisdropped),
+                        to_regprocedure($2) IS NOT NULL",
+                &[
+                    (&self.sql.table, Type::TEXT),
+                    (&self.sql.claim_function, Type::TEXT),
+                ],
             )
             .await?;
+        self.claim_function.store(row.get(2), Ordering::Relaxed);
         if !row.get::<_, bool>(0) {
             return Err(StoreError::TableMissing {
                 table: self.sql.table.clone(),

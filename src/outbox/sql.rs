@@ -39,6 +39,13 @@ FROM (
 ) AS sized
 ORDER BY id";
 
+/// [`CLAIM`] through the schema's function (migration 0006), which keeps
+/// its plan for the session: the statement above is planned on every call.
+const CLAIM_CALL: &str = "SELECT * FROM {table}_claim($1, $2, $3, $4)";
+
+/// The claim function's signature, for `to_regprocedure`.
+const CLAIM_FUNCTION: &str = "{table}_claim(bigint, bigint, bigint, bigint)";
+
 /// One large payload, read under the claim that holds its row.
 /// An idle worker's look: the first due row on the pending index.
 const HAS_DUE: &str = "SELECT EXISTS (SELECT 1 FROM {table}
@@ -135,6 +142,8 @@ RETURNING id";
 pub struct Statements {
     pub table: String,
     pub claim: String,
+    pub claim_call: String,
+    pub claim_function: String,
     pub has_due: String,
     pub load_payload: String,
     pub mark_sent: String,
@@ -157,6 +166,8 @@ impl Statements {
         let render = |template: &str| template.replace("{table}", &table);
         Self {
             claim: render(CLAIM),
+            claim_call: render(CLAIM_CALL),
+            claim_function: render(CLAIM_FUNCTION),
             has_due: render(HAS_DUE),
             load_payload: render(LOAD_PAYLOAD),
             mark_sent: render(MARK_SENT),
