@@ -434,15 +434,9 @@ async fn a_stalled_broker_times_out_the_batch_and_releases_its_claim() {
     env.drop_schema().await;
 }
 
-/// Invariant 4 on the server's side: a claim whose relay hangs (it holds
-/// the transaction and sends nothing) is ended by the database after the
-/// claim's idle bound, set with SET LOCAL in its own transaction, and its
-/// rows can be claimed again.
-#[tokio::test]
-async fn the_database_ends_a_claim_left_idle_past_its_bound() {
-    use outbox_relay::outbox::{ClaimLimits, Identifier, Outbox, PoolOptions, connect_pool};
-    let env = TestEnv::new("idle_claim").await;
-    env.insert_rows(5).await;
+/// The test schema's outbox on a pool of one connection of its own.
+fn outbox_of(env: &TestEnv) -> outbox_relay::outbox::Outbox {
+    use outbox_relay::outbox::{Identifier, Outbox, PoolOptions, connect_pool};
     let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
     let pool = connect_pool(
         url.config().clone(),
@@ -453,7 +447,19 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
         },
     )
     .unwrap();
-    let outbox = Outbox::new(pool, Identifier::parse(&env.schema).unwrap());
+    Outbox::new(pool, Identifier::parse(&env.schema).unwrap())
+}
+
+/// Invariant 4 on the server's side: a claim whose relay hangs (it holds
+/// the transaction and sends nothing) is ended by the database after the
+/// claim's idle bound, set with SET LOCAL in its own transaction, and its
+/// rows can be claimed again.
+#[tokio::test]
+async fn the_database_ends_a_claim_left_idle_past_its_bound() {
+    use outbox_relay::outbox::ClaimLimits;
+    let env = TestEnv::new("idle_claim").await;
+    env.insert_rows(5).await;
+    let outbox = outbox_of(&env);
     let claim = outbox
         .claim(&ClaimLimits {
             rows: 10,
@@ -484,31 +490,16 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
 /// same rows.
 #[tokio::test]
 async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_it() {
-    use outbox_relay::outbox::{
-        ClaimLimits, Identifier, OnSent, Outbox, PoolOptions, connect_pool,
-    };
+    use outbox_relay::outbox::{ClaimLimits, OnSent};
     let env = TestEnv::new("claim_fn").await;
     env.insert_rows(3).await;
-    let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
-    let outbox = || {
-        let pool = connect_pool(
-            url.config().clone(),
-            url.tls(),
-            PoolOptions {
-                max_size: 1,
-                timeout: Duration::from_secs(5),
-            },
-        )
-        .unwrap();
-        Outbox::new(pool, Identifier::parse(&env.schema).unwrap())
-    };
     let limits = ClaimLimits {
         rows: 10,
         max_payload: 1 << 20,
         batch_bytes: 1 << 20,
         idle_timeout: Duration::from_secs(5),
     };
-    let with_function = outbox();
+    let with_function = outbox_of(&env);
     with_function.ensure_table().await.unwrap();
     let claim = with_function.claim(&limits).await.unwrap();
     assert_eq!(claim.rows.len(), 3);
@@ -527,7 +518,7 @@ async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_i
     assert!(error.to_string().contains("outbox_claim"), "{error}");
 
     // A relay started on a schema without it sends the statement.
-    let without = outbox();
+    let without = outbox_of(&env);
     without.ensure_table().await.unwrap();
     let claim = without.claim(&limits).await.unwrap();
     assert_eq!(claim.rows.len(), 3);
