@@ -32,10 +32,12 @@ impl Statement {
         (self.rows > 0).then(|| self.wal_bytes / self.rows as f64)
     }
 
-    /// The relay's claim: the pending rows it takes, skipping locked ones.
+    /// The relay's claim: the pending rows it takes, skipping locked ones,
+    /// as a statement or through the claim function (migration 0006).
     fn is_claim(&self) -> bool {
         let q = self.query.to_ascii_lowercase();
-        q.contains("skip locked") && !q.trim_start().starts_with("delete")
+        (q.contains("skip locked") && !q.trim_start().starts_with("delete"))
+            || q.contains(".outbox_claim(")
     }
 
     /// The relay's mark: `sent_at` set, or the row deleted (`--on-sent delete`),
