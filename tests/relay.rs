@@ -486,23 +486,31 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
 
 /// Claims call the schema's claim function (migration 0006, planned once
 /// per session) when it exists, and send the statement it replaces when
-/// it does not (a table migrated by an earlier version): both claim the
-/// same rows.
+/// it does not (a table migrated by an earlier version). The function is a
+/// copy of the statement: both give the same rows, column for column,
+/// payloads withheld past the batch's byte budget included.
 #[tokio::test]
 async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_it() {
-    use outbox_relay::outbox::{ClaimLimits, OnSent};
+    use outbox_relay::outbox::{ClaimLimits, Claimed, OnSent};
     let env = TestEnv::new("claim_fn").await;
+    // Payloads "m1", "m2", "m3": a budget of 4 bytes loads the first two.
     env.insert_rows(3).await;
     let limits = ClaimLimits {
         rows: 10,
         max_payload: 1 << 20,
-        batch_bytes: 1 << 20,
+        batch_bytes: 4,
         idle_timeout: Duration::from_secs(5),
+    };
+    let loaded = |rows: &[Claimed]| {
+        rows.iter()
+            .filter(|c| matches!(c, Claimed::Row(r) if r.payload.is_some()))
+            .count()
     };
     let with_function = outbox_of(&env);
     with_function.ensure_table().await.unwrap();
     let claim = with_function.claim(&limits).await.unwrap();
-    assert_eq!(claim.rows.len(), 3);
+    assert_eq!((claim.rows.len(), loaded(&claim.rows)), (3, 2));
+    let through_function = format!("{:?}", claim.rows);
     claim.finish(&[], OnSent::Mark, &[]).await.unwrap();
 
     // Renamed away, the function this relay found at start is gone: its
@@ -521,7 +529,7 @@ async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_i
     let without = outbox_of(&env);
     without.ensure_table().await.unwrap();
     let claim = without.claim(&limits).await.unwrap();
-    assert_eq!(claim.rows.len(), 3);
+    assert_eq!(format!("{:?}", claim.rows), through_function);
     claim.finish(&[], OnSent::Mark, &[]).await.unwrap();
     env.drop_schema().await;
 }
