@@ -59,6 +59,14 @@ pub struct RelaySettings {
     pub claim_idle_timeout: Duration,
 }
 
+impl RelaySettings {
+    /// A claim of `rows` was full: more rows are probably due
+    /// ([`BatchReport::full`]).
+    pub fn fills(&self, rows: usize) -> bool {
+        rows >= self.batch_size
+    }
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -252,7 +260,7 @@ impl Marker {
             retried: failures.len() - dead,
             dead,
             timings,
-            full: count >= self.settings.batch_size,
+            full: self.settings.fills(count),
         }))
     }
 

@@ -99,7 +99,7 @@ impl O5Relay {
             }
         }
         let count = claim.rows.len() - later;
-        let full = claim.rows.len() >= self.settings.batch_size;
+        let full = self.settings.fills(claim.rows.len());
         self.metrics
             .record_published(&self.bridge.exchange, sent.len() as u64);
         claim.finish(&sent, &failures).await?;

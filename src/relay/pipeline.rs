@@ -47,7 +47,7 @@ impl Pipeline {
     pub async fn step(&mut self) -> Result<Outcome, RelayError> {
         let (next, settled) = match self.ahead.take() {
             None => (self.relay.start_batch().await, None),
-            Some(previous) if previous.rows() < self.relay.marker.settings.batch_size => {
+            Some(previous) if !self.relay.marker.settings.fills(previous.rows()) => {
                 (Ok(None), Some(self.relay.finish_batch(previous).await))
             }
             Some(previous) => {
