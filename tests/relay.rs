@@ -484,6 +484,83 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
     env.drop_schema().await;
 }
 
+/// A read-only database (a standby, `default_transaction_read_only`) is a
+/// state a session takes on when it connects: a claim that meets it closes
+/// the pool's idle sessions with its own, so that once the database is
+/// fixed the next claim connects afresh and succeeds, rather than meeting
+/// one stale session after another, each costing a systemic pause.
+#[tokio::test]
+async fn a_read_only_claim_closes_the_pools_idle_sessions() {
+    use outbox_relay::outbox::{ClaimLimits, Identifier, Outbox, PoolOptions, connect_pool};
+    let env = TestEnv::new("ro_pool").await;
+    env.insert_rows(2).await;
+    let role = unique("ro_pool");
+    env.pg
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA \"{s}\" TO {role}; \
+             GRANT SELECT, UPDATE ON \"{s}\".outbox TO {role}; \
+             ALTER ROLE {role} SET default_transaction_read_only = on",
+            s = env.schema
+        ))
+        .await
+        .unwrap();
+    let url: outbox_relay::config::DatabaseUrl = format!("postgres://{role}@127.0.0.1:5432/test")
+        .parse()
+        .unwrap();
+    let pool = connect_pool(
+        url.config().clone(),
+        url.tls(),
+        PoolOptions {
+            max_size: 3,
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    // Two idle sessions in the pool, both read-only.
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    drop((a, b));
+    assert_eq!(pool.status().size, 2);
+    let outbox = Outbox::new(pool.clone(), Identifier::parse(&env.schema).unwrap());
+    let limits = ClaimLimits {
+        rows: 10,
+        max_payload: 1 << 20,
+        batch_bytes: 1 << 20,
+        idle_timeout: Duration::from_secs(5),
+    };
+    let error = outbox.claim(&limits).await.unwrap_err();
+    assert!(error.is_systemic(), "{error}");
+    assert!(error.to_string().contains("read-only"), "{error}");
+    assert_eq!(pool.status().size, 0, "every session closed");
+    let sessions = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'");
+    assert!(
+        wait_until(WITHIN, || async {
+            env.pg
+                .query_one(&sessions, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        })
+        .await,
+        "the server saw every session go"
+    );
+    env.pg
+        .batch_execute(&format!(
+            "ALTER ROLE {role} RESET default_transaction_read_only"
+        ))
+        .await
+        .unwrap();
+    let claim = outbox.claim(&limits).await.expect("a fresh session claims");
+    assert_eq!(claim.rows.len(), 2);
+    drop(claim);
+    drop((outbox, pool));
+    let _ = env
+        .pg
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))
+        .await;
+    env.drop_schema().await;
+}
+
 /// Claims call the schema's claim function (migration 0006, planned once
 /// per session) when it exists, and send the statement it replaces when
 /// it does not (a table migrated by an earlier version). The function is a

@@ -13,7 +13,9 @@ use super::{Claimed, Failure, OnSent, Outbox, StoreError};
 use deadpool_postgres::{Object, Pool};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio_postgres::types::Type;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 
 /// How much one claim may take.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +56,6 @@ impl Outbox {
             cursor: self.cursor.clone(),
             rows: Vec::new(),
         };
-        let client = claim.tx.client();
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         let (rows, max, bytes) = (
             to_i64(limits.rows),
@@ -67,8 +68,9 @@ impl Outbox {
         } else {
             &claim.statements.claim
         };
-        let rows = client
-            .query_typed(
+        let rows = claim
+            .tx
+            .lock_rows(
                 statement,
                 &[
                     (&rows, Type::INT8),
@@ -148,6 +150,7 @@ impl Claim {
 /// closed rather than returned to the pool mid-transaction.
 pub(super) struct ClaimTx {
     client: Option<Object>,
+    pool: Pool,
 }
 
 impl ClaimTx {
@@ -160,6 +163,7 @@ impl ClaimTx {
     pub(super) async fn begin(pool: &Pool, limits: &ClaimLimits) -> Result<Self, StoreError> {
         let tx = Self {
             client: Some(pool.get().await?),
+            pool: pool.clone(),
         };
         tx.client()
             .batch_execute(&format!(
@@ -175,6 +179,26 @@ impl ClaimTx {
         self.client
             .as_ref()
             .expect("a claim is used only until finished")
+    }
+
+    /// Runs the claim's locking statement. A read-only session (a standby,
+    /// or `default_transaction_read_only`) was made so when it connected,
+    /// and the pool's idle sessions connected under the same settings: they
+    /// are closed with this one, so that the claim after the pause connects
+    /// afresh and sees a database that has been fixed since (the setting
+    /// reset, a failover behind the same address).
+    pub(super) async fn lock_rows(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let result = self.client().query_typed(sql, params).await;
+        if let Err(e) = &result
+            && e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+        {
+            self.pool.retain(|_, _| false);
+        }
+        Ok(result?)
     }
 
     /// Commits; the clean connection goes back to the pool.

@@ -1,7 +1,7 @@
 //! The scenarios of the fault-injection suite.
 
 use crate::common::*;
-use crate::{BATCH, IN_FLIGHT, RelayChild, Run, SERVICES, WINDOW, WITHIN, report};
+use crate::{BATCH, RelayChild, Run, SERVICES, WINDOW, WITHIN, report};
 use std::process::Command;
 use std::time::Duration;
 
@@ -288,6 +288,7 @@ async fn fault_proxies_on_both_services_delay_reset_and_cut_and_lose_nothing() {
 #[cfg(feature = "failpoints")]
 mod kill_points {
     use super::*;
+    use crate::IN_FLIGHT;
 
     /// Aborts the relay at `point` in its third batch, restarts it, and
     /// checks which rows came twice. One worker keeps up to two batches

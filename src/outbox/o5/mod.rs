@@ -168,10 +168,10 @@ impl O5Outbox {
             sql: self.sql.clone(),
             rows: Vec::new(),
         };
-        let client = claim.tx.client();
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        let found = client
-            .query_typed(
+        let found = claim
+            .tx
+            .lock_rows(
                 &self.sql.claim,
                 &[
                     (&to_i64(limits.rows), Type::INT8),
