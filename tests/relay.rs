@@ -610,3 +610,49 @@ async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_i
     claim.finish(&[], OnSent::Mark, &[]).await.unwrap();
     env.drop_schema().await;
 }
+
+/// The relay asks the broker for 32 KiB frames (lapin buffers 32 frames
+/// each way per connection: 2 MiB instead of 8 MiB at RabbitMQ's 128 KiB),
+/// and `?frame_max=` in the URL overrides it. A message above the frame
+/// still travels: its body spans frames.
+#[tokio::test]
+async fn connections_ask_for_32_kib_frames_unless_the_url_says_otherwise() {
+    use outbox_relay::amqp::{FRAME_MAX, connect};
+    use outbox_relay::config::AmqpUrl;
+    let frame_max = |url: String| async move {
+        let url: AmqpUrl = url.parse().unwrap();
+        let conn = connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let negotiated = conn.configuration().frame_max();
+        let _ = conn.close(200, "done".into()).await;
+        negotiated
+    };
+    assert_eq!(FRAME_MAX, 32_768);
+    assert_eq!(frame_max(AMQP_URL.to_owned()).await, FRAME_MAX);
+    assert_eq!(
+        frame_max(format!("{AMQP_URL}?frame_max=131072")).await,
+        131_072
+    );
+
+    let env = TestEnv::new("frames").await;
+    let big = vec![b'b'; 3 * FRAME_MAX as usize];
+    env.pg
+        .execute(
+            &format!(
+                "INSERT INTO {} (routing_key, payload) VALUES ($1, $2)",
+                env.table()
+            ),
+            &[&env.queue, &big],
+        )
+        .await
+        .unwrap();
+    let app = App::build(env.run_args(&[])).await.unwrap();
+    let mut relay = app.relay();
+    assert!(matches!(relay.relay_batch().await.unwrap(), Outcome::Relayed(r) if r.sent == 1));
+    let got = env.consume(1, WITHIN, LINGER).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, big, "the body arrives whole across frames");
+    relay.close().await;
+    env.drop_schema().await;
+}

@@ -33,10 +33,11 @@ use tokio::sync::Mutex;
 /// `server_name_indication`), never falling back to plaintext: a server
 /// that does not answer the TLS handshake is a connection error.
 pub async fn connect(url: &AmqpUrl, options: ConnectionProperties) -> lapin::Result<Connection> {
-    let uri: lapin::uri::AMQPUri = url
+    let mut uri: lapin::uri::AMQPUri = url
         .expose()
         .parse()
         .map_err(|_| std::io::Error::other("not a valid AMQP URL"))?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
     let Some(tls) = url.tls() else {
         // A TLS port answers a plaintext client with bytes that are not
         // AMQP, or resets the connection.
@@ -104,8 +105,14 @@ pub enum ExchangeState {
     Refused(Arc<str>),
 }
 
-/// RabbitMQ's default `frame_max`, assumed until a connection negotiated one.
-const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// The `frame_max` the relay asks for unless the URL sets `?frame_max=`
+/// (the broker may grant less), also assumed until a connection negotiated
+/// one. lapin keeps 32 frames of buffer each way per connection, filled in
+/// at connect: RabbitMQ's default of 128 KiB makes that 8 MiB, most of the
+/// relay's memory; 32 KiB makes it 2 MiB. Bodies span as many frames as they
+/// need, so this limits only a message's properties and headers, which must
+/// fit one frame.
+pub const FRAME_MAX: u32 = 32_768;
 
 /// Shared connection to RabbitMQ; hands out confirm-mode channels.
 pub struct Broker {
@@ -133,7 +140,7 @@ impl Broker {
             connect_timeout,
             connection: Mutex::new(None),
             exchanges: SyncMutex::new(ExchangeCache::default()),
-            frame_max: AtomicU32::new(DEFAULT_FRAME_MAX),
+            frame_max: AtomicU32::new(FRAME_MAX),
             connections: AtomicU64::new(0),
         }
     }

@@ -206,7 +206,9 @@ pub struct AmqpArgs {
     /// spec says: `?cacertfile=<CA file>` (else the system's roots),
     /// `certfile=` + `keyfile=` for a client certificate,
     /// `auth_mechanism=external` to log in with it, `verify=verify_none`,
-    /// `server_name_indication=<host>|disable`.
+    /// `server_name_indication=<host>|disable`. `?frame_max=` sets the
+    /// largest frame (default 32768 bytes: a message's properties and
+    /// headers must fit one; bodies span frames).
     #[arg(long, env = "OUTBOX_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: AmqpUrl,
     /// Read the RabbitMQ URL from this file instead (a mounted Secret;

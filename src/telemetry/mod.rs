@@ -47,6 +47,12 @@ pub struct LogGuard {
     _logs: WorkerGuard,
 }
 
+/// Lines the log queue holds before it drops (and counts) new ones. The
+/// queue is allocated and touched whole at start: tracing-appender's
+/// default of 128,000 lines is 4 MiB, a tenth of the relay's memory, for
+/// bursts no collector needs buffered in the process.
+const LOG_QUEUE_LINES: usize = 16_384;
+
 /// Installs the global subscriber, with trace export when the environment
 /// asks for it (then a Tokio runtime must be entered). Fails on an invalid
 /// filter expression or an unsupported export setting.
@@ -59,6 +65,7 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
         // failure itself, without the body).
         .add_directive("lapin::returned_messages=error".parse()?);
     let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
         .thread_name("outbox-relay-log")
         .finish(Stderr);
