@@ -436,18 +436,23 @@ async fn a_stalled_broker_times_out_the_batch_and_releases_its_claim() {
 
 /// The test schema's outbox on a pool of one connection of its own.
 fn outbox_of(env: &TestEnv) -> outbox_relay::outbox::Outbox {
-    use outbox_relay::outbox::{Identifier, Outbox, PoolOptions, connect_pool};
-    let url: outbox_relay::config::DatabaseUrl = PG_URL.parse().unwrap();
-    let pool = connect_pool(
+    use outbox_relay::outbox::{Identifier, Outbox};
+    Outbox::new(pool_at(PG_URL, 1), Identifier::parse(&env.schema).unwrap())
+}
+
+/// A relay pool of `max_size` connections to `url`, as `run` builds it.
+fn pool_at(url: &str, max_size: usize) -> deadpool_postgres::Pool {
+    use outbox_relay::outbox::{PoolOptions, connect_pool};
+    let url: outbox_relay::config::DatabaseUrl = url.parse().unwrap();
+    connect_pool(
         url.config().clone(),
         url.tls(),
         PoolOptions {
-            max_size: 1,
+            max_size,
             timeout: Duration::from_secs(5),
         },
     )
-    .unwrap();
-    Outbox::new(pool, Identifier::parse(&env.schema).unwrap())
+    .unwrap()
 }
 
 /// Invariant 4 on the server's side: a claim whose relay hangs (it holds
@@ -491,7 +496,7 @@ async fn the_database_ends_a_claim_left_idle_past_its_bound() {
 /// one stale session after another, each costing a systemic pause.
 #[tokio::test]
 async fn a_read_only_claim_closes_the_pools_idle_sessions() {
-    use outbox_relay::outbox::{ClaimLimits, Identifier, Outbox, PoolOptions, connect_pool};
+    use outbox_relay::outbox::{ClaimLimits, Identifier, Outbox};
     let env = TestEnv::new("ro_pool").await;
     env.insert_rows(2).await;
     let role = unique("ro_pool");
@@ -504,18 +509,7 @@ async fn a_read_only_claim_closes_the_pools_idle_sessions() {
         ))
         .await
         .unwrap();
-    let url: outbox_relay::config::DatabaseUrl = format!("postgres://{role}@127.0.0.1:5432/test")
-        .parse()
-        .unwrap();
-    let pool = connect_pool(
-        url.config().clone(),
-        url.tls(),
-        PoolOptions {
-            max_size: 3,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
+    let pool = pool_at(&format!("postgres://{role}@127.0.0.1:5432/test"), 3);
     // Two idle sessions in the pool, both read-only.
     let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
     drop((a, b));
