@@ -440,7 +440,7 @@ fn outbox_of(env: &TestEnv) -> outbox_relay::outbox::Outbox {
     Outbox::new(pool_at(PG_URL, 1), Identifier::parse(&env.schema).unwrap())
 }
 
-/// A relay pool of `max_size` connections to `url`, as `run` builds it.
+/// A pool of `max_size` connections to `url`, built by the relay's `connect_pool`.
 fn pool_at(url: &str, max_size: usize) -> deadpool_postgres::Pool {
     use outbox_relay::outbox::{PoolOptions, connect_pool};
     let url: outbox_relay::config::DatabaseUrl = url.parse().unwrap();
