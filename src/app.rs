@@ -16,6 +16,7 @@ use crate::amqp::Broker;
 use crate::config::{GrpcListen, HttpListen, IngressMode, RunArgs, TableFormat, Wakeup};
 use crate::deliver::Deliver;
 use crate::deliver::health::DeliveryHealth;
+use crate::destination::{Lane, Lanes};
 use crate::grpc::Ingress;
 use crate::grpc::o5::Bridge;
 use crate::grpc::sink::SinkOptions;
@@ -75,6 +76,8 @@ pub struct App {
     health: Arc<Health>,
     /// One large payload in memory at a time across the workers.
     large_lane: Arc<Semaphore>,
+    /// Destinations other than the broker (`--destination`, `--route`).
+    lanes: Lanes,
     ingress: Option<Ingress>,
     /// Delivery to the worker application, with `--worker-addr`.
     deliver: Option<Deliver>,
@@ -154,6 +157,7 @@ impl App {
             HttpListen::On(_) => metrics,
             HttpListen::Off => metrics.without_recording(),
         });
+        let lanes = open_destinations(&args, &metrics)?;
         let ingress = Ingress::build(
             &args.grpc,
             Outbox::new(ingress_pool, args.db.schema.clone()),
@@ -212,6 +216,7 @@ impl App {
             wake,
             health,
             large_lane: Arc::new(Semaphore::new(1)),
+            lanes,
             ingress,
             deliver,
             metrics,
@@ -263,6 +268,12 @@ impl App {
             self.large_lane.clone(),
             self.metrics.clone(),
         )
+        .with_destinations(self.lanes.clone())
+    }
+
+    /// The configured destinations besides the broker.
+    pub fn destinations(&self) -> &Lanes {
+        &self.lanes
     }
 
     fn settings(&self) -> RelaySettings {
@@ -351,14 +362,18 @@ impl App {
             }
             None => {
                 let (outbox, lane) = (self.outbox.clone(), self.large_lane.clone());
+                let lanes = self.lanes.clone();
                 workers.spawn(&tracker, &stop, move || {
-                    Pipeline::new(Relay::new(
-                        outbox.clone(),
-                        broker.clone(),
-                        settings.clone(),
-                        lane.clone(),
-                        metrics.clone(),
-                    ))
+                    Pipeline::new(
+                        Relay::new(
+                            outbox.clone(),
+                            broker.clone(),
+                            settings.clone(),
+                            lane.clone(),
+                            metrics.clone(),
+                        )
+                        .with_destinations(lanes.clone()),
+                    )
                 });
             }
         }
@@ -383,6 +398,7 @@ impl App {
             let _ = tokio::time::timeout(HTTP_CLOSE_TIMEOUT, served).await;
         }
         self.broker.close().await;
+        self.lanes.close().await;
         match drained {
             Ok(()) => {
                 tracing::info!("stopped cleanly");
@@ -526,4 +542,26 @@ fn relay_pg_config(args: &RunArgs) -> tokio_postgres::Config {
         pg.application_name("outbox-relay");
     }
     pg
+}
+
+/// Builds the destinations of `--destination` (no I/O: each connects on its
+/// first send) and the rules that route rows to them.
+fn open_destinations(args: &RunArgs, metrics: &Metrics) -> anyhow::Result<Lanes> {
+    if !args.destinations.is_configured() {
+        return Ok(Lanes::default());
+    }
+    let routing = args
+        .destinations
+        .resolve()
+        .map_err(crate::config::ConfigError::Destinations)?;
+    let lanes = routing
+        .destinations
+        .iter()
+        .map(|spec| {
+            let destination =
+                crate::destination::open(spec).map_err(crate::config::ConfigError::Destinations)?;
+            Ok(Lane::new(spec.name.clone(), destination, metrics))
+        })
+        .collect::<Result<Vec<_>, crate::config::ConfigError>>()?;
+    Ok(Lanes::new(routing.router, lanes))
 }

@@ -46,6 +46,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod destination;
 pub mod grpc;
 pub mod health;
 pub mod http;

@@ -7,6 +7,7 @@
 //! logs.
 
 mod deliver;
+mod destinations;
 mod grpc;
 mod http;
 mod secrets;
@@ -14,6 +15,7 @@ mod tls;
 mod values;
 
 pub use deliver::{DeadQueueAction, DeadQueueArgs, DeadQueueTarget, MAX_WORKER_QUEUE, WorkerArgs};
+pub use destinations::{DestinationArgs, DestinationSpec, Routing};
 pub use grpc::{
     DEFAULT_GRPC_ADDR, DEFAULT_O5_EXCHANGE, GrpcArgs, GrpcListen, IngressMode, O5Wire,
     ReflectionUrl,
@@ -296,6 +298,8 @@ pub struct RunArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub destinations: DestinationArgs,
 }
 
 /// How an idle relay learns about new rows.
@@ -439,6 +443,10 @@ pub enum ConfigError {
         "--table-format o5 relays the o5 application's own table, and the gRPC ingress stores what it accepts in the relay's table format: leave --grpc-addr unset or `none` (run a second relay, on a schema of its own, for the ingress)"
     )]
     O5TableIngress,
+    #[error("{0}")]
+    Destinations(String),
+    #[error("--destination and --route work on the relay's own table in outbox mode: {0}")]
+    DestinationsUnsupported(&'static str),
     #[error("`outbox-relay {0}` works on the relay's own table format, not --table-format o5: {1}")]
     O5TableUnsupported(&'static str, &'static str),
 }
@@ -449,6 +457,27 @@ pub const MIN_GRPC_REQUEST: usize = 1024;
 pub const MAX_BATCH: usize = 10_000;
 
 impl RunArgs {
+    /// Destinations and routes resolve, and apply to this configuration.
+    fn validate_destinations(&self) -> Result<(), ConfigError> {
+        if !self.destinations.is_configured() {
+            return Ok(());
+        }
+        self.destinations
+            .resolve()
+            .map_err(ConfigError::Destinations)?;
+        if self.db.table_format == TableFormat::O5 {
+            return Err(ConfigError::DestinationsUnsupported(
+                "--table-format o5 relays to the o5 broker only",
+            ));
+        }
+        if self.grpc.ingress_mode == IngressMode::Direct {
+            return Err(ConfigError::DestinationsUnsupported(
+                "--ingress-mode direct publishes to the default broker without storing; use --ingress-mode outbox",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.batch_size.get() > MAX_BATCH {
@@ -465,6 +494,7 @@ impl RunArgs {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
+        self.validate_destinations()?;
         if self.backoff_base > self.backoff_max {
             return Err(ConfigError::BackoffInverted {
                 base: self.backoff_base,

@@ -15,11 +15,13 @@
 //!   queries ([`run_table_gauges`]), never by a scrape.
 
 mod deliver;
+mod destination;
 mod grpc;
 mod sources;
 mod table;
 
 pub use deliver::DeliveryOutcome;
+pub use destination::DestinationHandles;
 pub use table::run_table_gauges;
 
 use crate::amqp::Broker;
@@ -71,10 +73,14 @@ pub enum FailReason {
     TooLarge,
     Decode,
     NotConfirmed,
+    /// A destination other than the broker did not take it this time.
+    Rejected,
+    /// A destination other than the broker refused it for good.
+    Refused,
 }
 
 impl FailReason {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Nack,
         Self::Returned,
         Self::Timeout,
@@ -86,6 +92,8 @@ impl FailReason {
         Self::TooLarge,
         Self::Decode,
         Self::NotConfirmed,
+        Self::Rejected,
+        Self::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +109,8 @@ impl FailReason {
             Self::TooLarge => "too_large",
             Self::Decode => "decode",
             Self::NotConfirmed => "not_confirmed",
+            Self::Rejected => "rejected",
+            Self::Refused => "refused",
         }
     }
 }
@@ -177,6 +187,7 @@ pub struct Metrics {
     table_last_autovacuum: FloatGauge,
     grpc: grpc::GrpcSeries,
     deliver: deliver::DeliverSeries,
+    destinations: destination::DestinationSeries,
     /// False when nothing serves the registry (`--http-addr none`): then
     /// nothing is recorded, and the hot path pays one branch.
     recording: bool,
@@ -271,6 +282,7 @@ impl Metrics {
         let table = TableSeries::register(&mut registry);
         let grpc = grpc::GrpcSeries::register(&mut registry);
         let deliver = deliver::DeliverSeries::register(&mut registry);
+        let destinations = destination::DestinationSeries::register(&mut registry);
         registry.register_collector(Box::new(sources));
         Self {
             registry,
@@ -289,6 +301,7 @@ impl Metrics {
             table_last_autovacuum: table.last_autovacuum,
             grpc,
             deliver,
+            destinations,
             recording: true,
         }
     }
@@ -357,6 +370,11 @@ impl Metrics {
         if label == exchange {
             known.insert(exchange.to_owned(), counter);
         }
+    }
+
+    /// The series of destination `name` (one of `--destination`'s).
+    pub fn destination(&self, name: &str) -> DestinationHandles {
+        self.destinations.handles(name)
     }
 
     /// One message failed for `reason`.

@@ -34,6 +34,7 @@ pub use send::InFlight;
 pub use worker::{Shared, Step, WorkerOptions, run_worker, supervise};
 
 use crate::amqp::{Broker, BrokerError, EncodeError, PublishError, Publisher};
+use crate::destination::{DestinationName, Lanes, SendError};
 use crate::metrics::{FailReason, Metrics, epoch_now};
 use crate::outbox::{Claim, Claimed, Failure, OnSent, Outbox, StoreError};
 use std::collections::HashMap;
@@ -124,12 +125,37 @@ pub enum RowFailure {
     ExchangeRefused { exchange: String, reason: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("destination {name}: {error}")]
+    Destination {
+        name: DestinationName,
+        error: SendError,
+        /// At least this long before the row is tried again: the
+        /// destination's own advice (Retry-After) or its breaker.
+        wait: Duration,
+    },
 }
 
 impl RowFailure {
     /// A lost connection says nothing about the message itself.
     fn counts_toward_dead_letter(&self) -> bool {
-        !matches!(self, Self::Publish(PublishError::Connection(_)))
+        match self {
+            Self::Publish(PublishError::Connection(_)) => false,
+            Self::Destination { error, .. } => error.counts_toward_dead_letter(),
+            _ => true,
+        }
+    }
+
+    /// Dead-letter at once: the destination refused the message for good.
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Destination { error, .. } if error.is_permanent())
+    }
+
+    /// The least delay before the next attempt, beyond the row's backoff.
+    fn wait(&self) -> Duration {
+        match self {
+            Self::Destination { wait, .. } => *wait,
+            _ => Duration::ZERO,
+        }
     }
 
     /// The `reason` label of `outbox_relay_messages_failed_total`.
@@ -142,6 +168,7 @@ impl RowFailure {
             Self::ExchangeMissing(_) => FailReason::ExchangeMissing,
             Self::ExchangeRefused { .. } => FailReason::ExchangeRefused,
             Self::Publish(e) => e.reason(),
+            Self::Destination { error, .. } => error.reason(),
         }
     }
 }
@@ -167,6 +194,8 @@ pub struct Relay {
     channel_generation: u64,
     /// Shared by a relay's workers: one large payload loaded at a time.
     large_lane: Arc<Semaphore>,
+    /// Destinations other than the broker, and the rules routing rows there.
+    lanes: Lanes,
 }
 
 /// Records what the broker said about a batch and marks it.
@@ -191,7 +220,15 @@ impl Relay {
             publisher: None,
             channel_generation: 0,
             large_lane,
+            lanes: Lanes::default(),
         }
+    }
+
+    /// Routes rows to `lanes` (destinations other than the broker) as their
+    /// rules say; the others go to the broker.
+    pub fn with_destinations(mut self, lanes: Lanes) -> Self {
+        self.lanes = lanes;
+        self
     }
 
     pub fn settings(&self) -> &RelaySettings {
@@ -307,7 +344,8 @@ impl Marker {
                 Fate::Failed(failure) => failure,
             };
             let attempt = u32::try_from(attempts).unwrap_or(0).saturating_add(1);
-            let dead = failure.counts_toward_dead_letter() && attempt >= self.settings.max_attempts;
+            let dead = failure.counts_toward_dead_letter()
+                && (attempt >= self.settings.max_attempts || failure.is_permanent());
             let error = failure.to_string();
             let message_id = message_id.map(|m| m.to_string());
             let trace_id = trace::trace_id(claimed);
@@ -321,7 +359,11 @@ impl Marker {
             failures.push(Failure {
                 id,
                 error,
-                delay: self.settings.backoff.delay_random(attempt),
+                delay: self
+                    .settings
+                    .backoff
+                    .delay_random(attempt)
+                    .max(failure.wait()),
                 dead,
             });
         }

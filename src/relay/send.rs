@@ -17,12 +17,28 @@ use crate::amqp::publish::{Outgoing, SentBatch, refused_exchange};
 use crate::amqp::{
     Broker, BrokerError, Encoded, ExchangeState, Limits, PublishError, encode_traced,
 };
+use crate::destination::{Dispatch, Lane, Message};
 use crate::outbox::{Claim, ClaimLimits, Claimed, OutboxRow};
 use crate::telemetry::TraceContext;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{Instrument, Span};
+
+/// The rows of a batch sent to one destination other than the broker.
+struct Routed {
+    lane: Arc<Lane>,
+    /// Row indexes, in the order of the messages sent.
+    slots: Vec<usize>,
+    dispatch: Dispatch,
+}
+
+/// Rows of a batch bound for one destination, before they are sent.
+struct Bound {
+    lane: Arc<Lane>,
+    slots: Vec<usize>,
+    messages: Vec<Message>,
+}
 
 /// A claimed batch written to the channel, its confirms outstanding.
 pub struct InFlight {
@@ -33,6 +49,8 @@ pub struct InFlight {
     sent: Option<SentBatch>,
     /// The channel `sent` went out on.
     generation: u64,
+    /// Rows routed to other destinations, a send per destination.
+    routed: Vec<Routed>,
     started: Instant,
     claimed: Instant,
     /// The publish span and the messages' spans: they end with the confirms.
@@ -86,6 +104,7 @@ impl Relay {
             slots: Vec::new(),
             sent: None,
             generation: self.channel_generation,
+            routed: Vec::new(),
             started,
             claimed,
             spans: (publishing.clone(), Vec::new()),
@@ -119,6 +138,8 @@ impl Relay {
         let mut ready: Vec<(usize, &[u8], Encoded)> = Vec::with_capacity(claim.rows.len());
         let mut large = Vec::new();
         let mut exchanges: HashMap<&str, ExchangeState> = HashMap::new();
+        let mut bound: Vec<Bound> = Vec::new();
+        let mut large_routed = Vec::new();
         for (index, claimed) in claim.rows.iter().enumerate() {
             batch.fates.push(Fate::Sent);
             let row = match claimed {
@@ -130,6 +151,15 @@ impl Relay {
             };
             let traced = trace::message(row);
             let context = traced.as_ref().map(|(_, context)| context);
+            if let Some(lane) = self.lanes.route(&row.exchange) {
+                let fate = self.bind(index, row, lane, context, &mut bound, &mut large_routed);
+                if let Some(fate) = fate {
+                    batch.fates[index] = fate;
+                } else {
+                    batch.spans.1.extend(traced.map(|(span, _)| span));
+                }
+                continue;
+            }
             let envelope = match self.check(row, limits, context, &mut exchanges).await? {
                 Ok(envelope) => envelope,
                 Err(failure) => {
@@ -164,6 +194,32 @@ impl Relay {
                 batch.fates[index] = Fate::Failed(PublishError::NotConfirmed.into());
             }
         }
+        let timeout = self.marker.settings.confirm_timeout;
+        batch.routed = bound
+            .into_iter()
+            .map(|b| Routed {
+                dispatch: b.lane.dispatch(b.messages, timeout),
+                lane: b.lane,
+                slots: b.slots,
+            })
+            .collect();
+        for (index, row, lane) in large_routed {
+            let _lane = self.large_lane.clone().acquire_owned().await;
+            let Some(payload) = claim.load_payload(row.id).await? else {
+                batch.fates[index] = Fate::Later;
+                continue;
+            };
+            let trace = trace::message(row);
+            let context = trace.as_ref().map(|(_, context)| context);
+            batch.fates[index] = match Message::of_row(row, payload.into(), context) {
+                Ok(message) => {
+                    let results = lane.dispatch(vec![message], timeout).results(1).await;
+                    settle_routed(&lane, &[index], results, &mut batch.fates);
+                    continue;
+                }
+                Err(e) => refused(&lane, e),
+            };
+        }
         for (index, row, envelope) in large {
             // One large payload in memory per relay at a time (invariant 10).
             let _lane = self.large_lane.clone().acquire_owned().await;
@@ -193,6 +249,53 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Adds a row routed to `lane` to that destination's send; `Some` is
+    /// the row's fate when it is not sent with this batch. A row whose
+    /// payload the claim left for later (above the batch's byte budget) is
+    /// sent alone, as the broker's large rows are.
+    fn bind<'a>(
+        &self,
+        index: usize,
+        row: &'a OutboxRow,
+        lane: &Arc<Lane>,
+        trace: Option<&TraceContext>,
+        bound: &mut Vec<Bound>,
+        large: &mut Vec<(usize, &'a OutboxRow, Arc<Lane>)>,
+    ) -> Option<Fate> {
+        let settings = &self.marker.settings;
+        let Some(payload) = &row.payload else {
+            return Some(if row.payload_len > settings.max_message_size {
+                Fate::Failed(RowFailure::Encode(crate::amqp::EncodeError::TooLarge {
+                    len: row.payload_len,
+                    max: settings.max_message_size,
+                }))
+            } else if row.payload_len > settings.batch_bytes {
+                large.push((index, row, lane.clone()));
+                Fate::Later
+            } else {
+                Fate::Later
+            });
+        };
+        let message = match Message::of_row(row, bytes::Bytes::copy_from_slice(payload), trace) {
+            Ok(message) => message,
+            Err(e) => return Some(refused(lane, e)),
+        };
+        let at = match bound.iter().position(|b| Arc::ptr_eq(&b.lane, lane)) {
+            Some(at) => at,
+            None => {
+                bound.push(Bound {
+                    lane: lane.clone(),
+                    slots: Vec::new(),
+                    messages: Vec::new(),
+                });
+                bound.len() - 1
+            }
+        };
+        bound[at].slots.push(index);
+        bound[at].messages.push(message);
+        None
     }
 
     /// Everything that can fail a row before it is sent: its encoding and
@@ -242,6 +345,7 @@ pub(super) async fn settle_batch(
         slots,
         sent,
         generation,
+        routed,
         started,
         claimed,
         spans,
@@ -252,6 +356,10 @@ pub(super) async fn settle_batch(
         if settle(&broker, &claim.rows, &slots, results, &mut fates) {
             broke = Some(generation);
         }
+    }
+    for routed in routed {
+        let results = routed.dispatch.results(routed.slots.len()).await;
+        settle_routed(&routed.lane, &routed.slots, results, &mut fates);
     }
     drop(spans);
     kill_point!("relay_after_confirm");
@@ -307,4 +415,33 @@ fn settle(
         broker.refuse_exchange(&exchange, &reason);
     }
     broke
+}
+
+/// Records a destination's answers for the rows at `slots`, with the wait
+/// its breaker or its own advice asks for.
+fn settle_routed(
+    lane: &Lane,
+    slots: &[usize],
+    results: Vec<Result<(), crate::destination::SendError>>,
+    fates: &mut [Fate],
+) {
+    let breaker = lane.retry_in();
+    for (&index, result) in slots.iter().zip(results) {
+        let Err(error) = result else { continue };
+        let wait = error.retry_after().unwrap_or_default().max(breaker);
+        fates[index] = Fate::Failed(RowFailure::Destination {
+            name: lane.name().clone(),
+            error,
+            wait,
+        });
+    }
+}
+
+/// A row the destination could never take as it is.
+fn refused(lane: &Lane, reason: String) -> Fate {
+    Fate::Failed(RowFailure::Destination {
+        name: lane.name().clone(),
+        error: crate::destination::SendError::Refused(reason),
+        wait: std::time::Duration::ZERO,
+    })
 }
