@@ -189,6 +189,7 @@ impl App {
                     database: monitor.clone(),
                     broker: (args.grpc.ingress_mode == IngressMode::Direct).then(|| broker.clone()),
                     stopping: stopping.clone(),
+                    destinations: lanes.clone(),
                 };
                 if o5_format {
                     let port = HttpPort::bind(addr, probes, None).await?;

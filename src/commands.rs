@@ -166,12 +166,24 @@ pub async fn stats_cmd(db: &DbArgs) -> anyhow::Result<()> {
 
 /// `outbox-relay show`.
 pub async fn show_cmd(args: &ShowArgs) -> anyhow::Result<()> {
+    let routing = args
+        .destinations
+        .resolve()
+        .map_err(crate::config::ConfigError::Destinations)?;
     let outbox = open_outbox(&args.db, "show").await?;
     let row = outbox
         .find(&args.key)
         .await?
         .with_context(|| format!("no row with {} in {}", args.key, outbox.table()))?;
-    emit(serde_json::to_string_pretty(&row)?)?;
+    let mut shown = serde_json::to_value(&row)?;
+    let destination = routing
+        .router
+        .route(&row.exchange)
+        .map_or(crate::destination::DestinationName::DEFAULT, |name| {
+            name.as_str()
+        });
+    shown["destination"] = json!(destination);
+    emit(serde_json::to_string_pretty(&shown)?)?;
     Ok(())
 }
 

@@ -362,6 +362,10 @@ pub struct ShowArgs {
     pub db: DbArgs,
     /// Row id (digits only) or message_id (any other text).
     pub key: RowKey,
+    /// The relay's --destination / --route settings (the same OUTBOX_*
+    /// variables), so that `show` says which destination the row goes to.
+    #[command(flatten)]
+    pub destinations: DestinationArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -70,6 +70,10 @@ pub struct Probes {
     pub broker: Option<Arc<Broker>>,
     /// Cancelled when shutdown begins: `/readyz` answers 503 from then on.
     pub stopping: CancellationToken,
+    /// Destinations besides the broker: named by `/readyz` and
+    /// `/api/health` when down, without making the pod unready (the outbox
+    /// buffers their rows).
+    pub destinations: crate::destination::Lanes,
 }
 
 /// A bound, not yet serving, HTTP port.
@@ -280,6 +284,16 @@ async fn readyz(State(probes): Shared, RawQuery(query): RawQuery) -> (StatusCode
         .iter()
         .all(|check| check.result.is_ok() || excluded.contains(&check.name));
     let mut body = String::new();
+    for lane in probes.destinations.states() {
+        let _ = match &lane.error {
+            None => writeln!(body, "destination {}: ok", lane.name),
+            Some(e) => writeln!(
+                body,
+                "destination {}: down, its rows wait in the outbox (not a readiness check): {e}",
+                lane.name
+            ),
+        };
+    }
     for Check { name, result } in checks {
         let mark = if excluded.contains(&name) {
             " (excluded)"

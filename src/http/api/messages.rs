@@ -51,17 +51,34 @@ pub async fn list(State(api): Api, uri: Uri) -> Result<Response, ApiError> {
     let next_cursor = more
         .then(|| items.last().map(|row| encode_cursor(row.id)))
         .flatten();
+    let lanes = &api.probes.destinations;
+    let items: Vec<Routed<'_>> = items
+        .iter()
+        .map(|row| Routed {
+            destination: lanes.destination_of(&row.exchange),
+            row,
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
         &json!({ "items": items, "next_cursor": next_cursor }),
     ))
 }
 
+/// A row with the destination its exchange routes to (by this relay's
+/// rules: `amqp` is the default broker).
+#[derive(Debug, serde::Serialize)]
+struct Routed<'a> {
+    #[serde(flatten)]
+    row: &'a Listed,
+    destination: &'a str,
+}
+
 /// One row with its payload.
 #[derive(Debug, serde::Serialize)]
-struct Shown {
+struct Shown<'a> {
     #[serde(flatten)]
-    row: Listed,
+    row: Routed<'a>,
     /// `text` or `base64`.
     payload_encoding: &'static str,
     payload: String,
@@ -80,7 +97,10 @@ pub async fn detail(State(api): Api, Path(key): Path<String>) -> Result<Response
         _ => ("base64", STANDARD.encode(&found.payload)),
     };
     let shown = Shown {
-        row: found.row,
+        row: Routed {
+            destination: api.probes.destinations.destination_of(&found.row.exchange),
+            row: &found.row,
+        },
         payload_encoding,
         payload,
         payload_truncated: !whole,

@@ -61,9 +61,16 @@ pub async fn health(State(api): Api) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Not checks: a down destination's rows wait in the outbox, the pod
+    // stays ready.
+    let destinations = probes.destinations.states();
     json(
         status,
-        &json!({ "status": if ok { "ok" } else { "failing" }, "checks": checks }),
+        &json!({
+            "status": if ok { "ok" } else { "failing" },
+            "checks": checks,
+            "destinations": destinations,
+        }),
     )
 }
 

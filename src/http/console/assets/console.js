@@ -330,6 +330,7 @@
     const fields = [
       ['message_id', row.message_id], ['state', row.state],
       ['exchange', row.exchange === '' ? '(default)' : row.exchange], ['routing key', row.routing_key],
+      ['destination', row.destination || 'amqp'],
       ['content type', row.content_type || ''], ['size', count(row.size) + ' bytes'],
       ['attempts', String(row.attempts)], ['last error', row.last_error || ''],
       ['created', when(row.created_at)], ['available', when(row.available_at)],
