@@ -314,7 +314,6 @@ impl App {
             poll_interval: self.args.poll_interval,
             step_timeout: step_timeout(&self.args),
             error_backoff_max: Duration::from_secs(10),
-            workers: self.args.concurrency.get(),
         };
         tracing::info!(
             table = self.outbox.table(),

@@ -96,6 +96,8 @@ enum Group {
     /// The HTTP API on a table of --api-rows rows (not in the default set).
     Api,
     Steady,
+    /// The idle relay's cost alone (also measured by `steady`).
+    Idle,
     Producer,
     Ingress,
     /// The receiving side: `run --worker-addr` delivering a queue to a tonic
@@ -153,6 +155,9 @@ async fn main() {
     if opts.only.contains(&Group::Steady) {
         steady(&mut report, &conn, &queue, &opts).await;
     }
+    if opts.only.contains(&Group::Steady) || opts.only.contains(&Group::Idle) {
+        idle(&mut report, &opts).await;
+    }
     if opts.only.contains(&Group::Producer) {
         producer_impact(&mut report, &channel, &queue, &opts).await;
     }
@@ -204,7 +209,6 @@ async fn steady(report: &mut Report, conn: &lapin::Connection, queue: &BenchQueu
             report.add(row);
         }
     }
-    idle(report, opts).await;
 }
 
 /// What a relay costs while there is nothing to send (issue 14): its own

@@ -318,20 +318,28 @@ impl Outbox {
         self.insert_with(&**client, message).await
     }
 
-    /// Inserts every message in one transaction, the inserts pipelined: all
-    /// of them are stored, or none. A single message is one autocommitted
-    /// statement (one round trip, not three).
+    /// Inserts every message in one statement: all of them are stored, or
+    /// none, in one round trip and one commit whatever their number.
     pub async fn insert_all(&self, messages: &[&NewMessage]) -> Result<(), StoreError> {
         if let [message] = messages {
             return self.insert(message).await.map(drop);
         }
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let inserts = messages.iter().map(|m| self.insert_with(&*tx, m));
-        for inserted in futures::future::join_all(inserts).await {
-            inserted?;
-        }
-        tx.commit().await?;
+        let columns = Columns::of(messages);
+        let client = self.pool.get().await?;
+        client
+            .query_typed(
+                &self.sql.insert_many,
+                &[
+                    (&columns.message_ids, Type::TEXT_ARRAY),
+                    (&columns.exchanges, Type::TEXT_ARRAY),
+                    (&columns.routing_keys, Type::TEXT_ARRAY),
+                    (&columns.payloads, Type::BYTEA_ARRAY),
+                    (&columns.content_types, Type::TEXT_ARRAY),
+                    (&columns.headers, Type::JSONB_ARRAY),
+                    (&columns.delays_ms, Type::FLOAT8_ARRAY),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -445,5 +453,39 @@ impl std::str::FromStr for RowKey {
         MessageId::parse(s)
             .map(Self::MessageId)
             .map_err(|e| format!("{s:?} is neither a row id (digits) nor a message_id: {e}"))
+    }
+}
+
+/// A group of messages as the arrays of [`sql::INSERT_MANY`]'s parameters.
+struct Columns<'a> {
+    message_ids: Vec<Option<&'a str>>,
+    exchanges: Vec<&'a str>,
+    routing_keys: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
+    content_types: Vec<Option<&'a str>>,
+    headers: Vec<tokio_postgres::types::Json<&'a serde_json::Map<String, serde_json::Value>>>,
+    delays_ms: Vec<f64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(messages: &[&'a NewMessage]) -> Self {
+        Self {
+            message_ids: messages
+                .iter()
+                .map(|m| m.message_id.as_ref().map(|id| id.as_str()))
+                .collect(),
+            exchanges: messages.iter().map(|m| m.exchange.as_str()).collect(),
+            routing_keys: messages.iter().map(|m| m.routing_key.as_str()).collect(),
+            payloads: messages.iter().map(|m| m.payload.as_slice()).collect(),
+            content_types: messages.iter().map(|m| m.content_type.as_deref()).collect(),
+            headers: messages
+                .iter()
+                .map(|m| tokio_postgres::types::Json(&m.headers))
+                .collect(),
+            delays_ms: messages
+                .iter()
+                .map(|m| m.delay.as_secs_f64() * 1000.0)
+                .collect(),
+        }
     }
 }

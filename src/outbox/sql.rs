@@ -88,6 +88,18 @@ VALUES (COALESCE($1::text, gen_random_uuid()::text), $2, $3, $4, $5, $6,
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id, message_id";
 
+/// Inserts a group of messages in one statement, atomic on its own (no
+/// BEGIN / COMMIT round trips): the ingress's group commit. Same rules as
+/// [`INSERT`]; a message_id repeated within the group or already stored
+/// is stored once.
+const INSERT_MANY: &str = "INSERT INTO {table}
+    (message_id, exchange, routing_key, payload, content_type, headers, available_at)
+SELECT COALESCE(m, gen_random_uuid()::text), e, r, p, c, h,
+       now() + d * interval '1 millisecond'
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[],
+            $7::float8[]) AS u(m, e, r, p, c, h, d)
+ON CONFLICT (message_id) DO NOTHING";
+
 /// Counts by state, for `stats` and health reporting.
 const STATS: &str = "SELECT
     count(*) FILTER (WHERE sent_at IS NULL AND dead_at IS NULL),
@@ -151,6 +163,7 @@ pub struct Statements {
     pub record_failures: String,
     pub purge_sent: String,
     pub insert: String,
+    pub insert_many: String,
     pub stats: String,
     pub backlog: String,
     pub dead_count: String,
@@ -175,6 +188,7 @@ impl Statements {
             record_failures: render(RECORD_FAILURES),
             purge_sent: render(PURGE_SENT),
             insert: render(INSERT),
+            insert_many: render(INSERT_MANY),
             stats: render(STATS),
             backlog: render(BACKLOG),
             dead_count: render(DEAD_COUNT),

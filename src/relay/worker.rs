@@ -36,9 +36,6 @@ pub struct WorkerOptions {
     pub step_timeout: Duration,
     /// Backoff after infrastructure errors.
     pub error_backoff_max: Duration,
-    /// Workers of the relay: with two or more, idle ones space their looks
-    /// ([`Idle`]).
-    pub workers: usize,
 }
 
 /// What the workers of one relay share.
@@ -52,6 +49,51 @@ pub struct Shared {
     /// When a worker of this relay last claimed rows (never: long ago):
     /// the idle poll of every worker follows it ([`Idle`]).
     last_work: Arc<Mutex<Option<Instant>>>,
+    /// The relay's one looker while idle ([`Looker`]).
+    looker: Arc<Looker>,
+}
+
+/// While the relay is idle, one worker looks for due rows and the others
+/// wait for it: an idle relay costs one cheap look per poll step, not one
+/// per worker. The looker hands the role on (`free`, one waiter) when it
+/// finds rows and goes to claim them, so the next rows that arrive while
+/// its batch is held up are still looked for; a full batch (more rows
+/// due) wakes every waiting worker (`burst`). A waiter also wakes on a
+/// wake-up, and after [`PARKED_MAX`] at the latest, so that a looker that
+/// died with the role cannot leave the others waiting.
+#[derive(Debug, Default)]
+struct Looker {
+    /// The worker holding the role, plus one; 0: nobody.
+    holder: std::sync::atomic::AtomicUsize,
+    free: Notify,
+    burst: Notify,
+}
+
+/// The longest a waiting worker waits for the looker before it looks.
+const PARKED_MAX: Duration = Duration::from_secs(5);
+
+impl Looker {
+    /// Takes the role, or says that another worker holds it.
+    fn take(&self, worker: usize) -> bool {
+        use std::sync::atomic::Ordering::AcqRel;
+        let me = worker + 1;
+        match self.holder.compare_exchange(0, me, AcqRel, std::sync::atomic::Ordering::Acquire) {
+            Ok(_) => true,
+            Err(holder) => holder == me,
+        }
+    }
+
+    /// Gives the role up (if held), to the next waiting worker.
+    fn give(&self, worker: usize) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if self
+            .holder
+            .compare_exchange(worker + 1, 0, AcqRel, Acquire)
+            .is_ok()
+        {
+            self.free.notify_one();
+        }
+    }
 }
 
 impl Shared {
@@ -64,6 +106,7 @@ impl Shared {
                 ErrorBackoff::new(Duration::from_secs(1), SYSTEMIC_BACKOFF_MAX),
             ))),
             last_work: Arc::new(Mutex::new(None)),
+            looker: Arc::default(),
         }
     }
 
@@ -192,7 +235,8 @@ pub async fn run_worker<S: Step>(
 ) {
     let mut errors = ErrorBackoff::new(Duration::from_millis(100), options.error_backoff_max);
     let mut healthy = true;
-    let mut idle = Idle::new(options.poll_interval, options.workers);
+    let mut idle = Idle::new(options.poll_interval);
+    let mut overdue = false;
     while !stop.is_cancelled() {
         if let Some(until) = shared.paused_until() {
             shared.health.beat(worker);
@@ -203,6 +247,21 @@ pub async fn run_worker<S: Step>(
             continue;
         }
         fail_point_block();
+        if idle.is_idle() && !overdue && !shared.looker.take(worker) {
+            // Another worker looks for the relay: wait for it.
+            shared.health.beat(worker);
+            let parked = PARKED_MAX.min(options.poll_interval.saturating_mul(4));
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = shared.looker.free.notified() => {}
+                () = shared.looker.burst.notified() => idle.reset(),
+                () = shared.wake.notified() => idle.reset(),
+                // The looker is gone (or wedged): look anyway, once.
+                () = tokio::time::sleep(parked) => overdue = true,
+            }
+            continue;
+        }
+        overdue = false;
         if idle.is_idle() {
             // Idle: one indexed existence check instead of a claim's
             // transaction. If it fails, the step below says why.
@@ -218,6 +277,8 @@ pub async fn run_worker<S: Step>(
                 continue;
             }
         }
+        // Claiming: the next idle worker looks in this one's stead.
+        shared.looker.give(worker);
         let step = tokio::time::timeout(options.step_timeout, relay.step()).await;
         shared.health.beat(worker);
         let pause = match step {
@@ -242,8 +303,10 @@ pub async fn run_worker<S: Step>(
                             mark = ?report.timings[2], "batch relayed");
                         shared.worked();
                         if report.full {
-                            // More are probably due: claim again at once.
+                            // More are probably due: claim again at once,
+                            // and so do the workers waiting for the looker.
                             idle.reset();
+                            shared.looker.burst.notify_waiters();
                         } else {
                             // Look first (no wait): a claim after a short
                             // one would mostly come back empty.
@@ -291,6 +354,7 @@ pub async fn run_worker<S: Step>(
             () = shared.wake.notified() => idle.reset(),
         }
     }
+    shared.looker.give(worker);
     // The batch in flight is finished, not dropped (invariant 6).
     if tokio::time::timeout(options.step_timeout, relay.drain())
         .await
@@ -344,33 +408,24 @@ fn fail_point_block() {
 /// interval and such rows waited up to that long (p99 200 ms at 1,000
 /// msg/s with 2 workers and the trigger off).
 ///
-/// The workers share the rate too: with two or more, each idle worker
-/// waits two steps, so two workers look about once a step between them (a
-/// look costs a round trip and a plan on PostgreSQL: at 100 msg/s, four
-/// workers looking every few milliseconds each cost more than the messages
-/// did). A worker that has just relayed a short batch looks at once,
-/// without a wait. Each wait is a random 50-100% of its length: the
-/// workers' looks drift apart instead of firing together.
+/// The workers share the looking: one of them looks while the relay is idle
+/// ([`Looker`]), the others wait for it, so an idle relay costs one look
+/// per step however many workers it has (a look costs a round trip and a
+/// plan on PostgreSQL: four workers looking each cost more than the
+/// messages did at 100 msg/s, and 10 ms of CPU per idle second). A worker
+/// that has just relayed a short batch looks at once, without a wait. Each
+/// wait is a random 50-100% of its length.
 struct Idle {
     idle: bool,
     max: Duration,
-    /// Steps per wait: 2 with two or more workers, else 1. Not N: with
-    /// more, the longest gap between the relay's looks (N steps, when all
-    /// looked at once) showed in its p99 latency (11-16 ms at 1,000 msg/s
-    /// with four workers).
-    spread: u32,
 }
 
 /// The first wait after an empty claim.
 pub const IDLE_FIRST: Duration = Duration::from_millis(5);
 
 impl Idle {
-    fn new(max: Duration, workers: usize) -> Self {
-        Self {
-            idle: false,
-            max,
-            spread: if workers > 1 { 2 } else { 1 },
-        }
+    fn new(max: Duration) -> Self {
+        Self { idle: false, max }
     }
 
     fn is_idle(&self) -> bool {
@@ -391,8 +446,7 @@ impl Idle {
     fn next_wait(&mut self, since_work: Duration) -> Duration {
         self.idle = true;
         let step = (since_work / 8).clamp(IDLE_FIRST.min(self.max), self.max);
-        let mine = step.saturating_mul(self.spread).min(self.max);
-        mine.mul_f64(0.5 + 0.5 * fastrand::f64())
+        step.mul_f64(0.5 + 0.5 * fastrand::f64())
     }
 }
 
@@ -403,7 +457,7 @@ mod tests {
     #[test]
     fn the_idle_wait_follows_how_long_the_relay_has_found_no_work() {
         let max = Duration::from_millis(500);
-        let mut idle = Idle::new(max, 1);
+        let mut idle = Idle::new(max);
         assert!(!idle.is_idle());
         let first = idle.next_wait(Duration::ZERO);
         assert!(idle.is_idle());
@@ -422,19 +476,37 @@ mod tests {
     }
 
     #[test]
-    fn idle_workers_space_their_looks_up_to_the_interval() {
-        let max = Duration::from_millis(500);
-        let mut idle = Idle::new(max, 4);
-        let first = idle.next_wait(Duration::ZERO);
-        assert!(first >= IDLE_FIRST && first <= 2 * IDLE_FIRST, "{first:?}");
-        let long = idle.next_wait(Duration::from_secs(60));
-        assert!(long >= max / 2 && long <= max, "{long:?}");
+    fn one_worker_looks_at_a_time_and_hands_the_role_on() {
+        let looker = Looker::default();
+        assert!(looker.take(0));
+        assert!(looker.take(0), "the holder keeps it");
+        assert!(!looker.take(1), "another worker waits");
+        looker.give(1);
+        assert!(!looker.take(2), "only the holder gives it up");
+        looker.give(0);
+        assert!(looker.take(2));
+    }
+
+    #[tokio::test]
+    async fn giving_the_role_up_wakes_one_waiting_worker() {
+        let looker = Looker::default();
+        assert!(looker.take(0));
+        let first = looker.free.notified();
+        let second = looker.free.notified();
+        tokio::pin!(first, second);
+        first.as_mut().enable();
+        second.as_mut().enable();
+        looker.give(0);
+        let woke = tokio::time::timeout(Duration::from_secs(5), &mut first).await;
+        assert!(woke.is_ok(), "the first waiter is woken");
+        let other = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
+        assert!(other.is_err(), "one waiter, not all");
     }
 
     #[test]
     fn a_poll_interval_below_the_first_wait_is_kept() {
         let max = Duration::from_millis(2);
-        let mut idle = Idle::new(max, 1);
+        let mut idle = Idle::new(max);
         assert!(idle.next_wait(Duration::ZERO) <= max);
     }
 }
