@@ -117,7 +117,9 @@ impl App {
             &opened,
         )
         .context("building the database pool")?;
-        let outbox = Outbox::new(pool, args.db.schema.clone()).with_connection_count(opened);
+        let outbox = Outbox::new(pool, args.db.schema.clone())
+            .with_connection_count(opened)
+            .with_ordering_on_dead(args.ordering_on_dead);
         let checking = || format!("checking the outbox table at {}", args.db.database_url);
         let o5 = if o5_format {
             let table = O5Outbox::open(outbox.pool().clone(), &args.db.schema)
@@ -324,6 +326,7 @@ impl App {
             batch_size = self.args.batch_size.get(),
             // An o5 table's confirmed rows are deleted, as o5's sidecar does.
             on_sent = ?self.o5.as_ref().map_or(self.args.on_sent, |_| OnSent::Delete),
+            ordering_on_dead = ?self.args.ordering_on_dead,
             wakeup = ?self.args.wakeup,
             "relay started"
         );
@@ -488,7 +491,7 @@ fn http_outbox(args: &RunArgs, connections: usize, whose: &str) -> anyhow::Resul
         },
     )
     .with_context(|| format!("building {whose} database pool"))?;
-    Ok(Outbox::new(pool, args.db.schema.clone()))
+    Ok(Outbox::new(pool, args.db.schema.clone()).with_ordering_on_dead(args.ordering_on_dead))
 }
 
 /// The longest one claim → mark cycle may take before it is abandoned.

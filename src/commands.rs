@@ -144,6 +144,7 @@ pub async fn send_cmd(args: &SendArgs) -> anyhow::Result<()> {
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect(),
         delay: args.delay.unwrap_or_default(),
+        ordering_key: args.ordering_key.clone(),
     };
     let outbox = open_outbox(&args.db, "send").await?;
     match outbox.insert(&message).await? {

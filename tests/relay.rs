@@ -6,6 +6,7 @@ mod api;
 mod common;
 mod console;
 mod monitoring;
+mod ordering;
 
 use common::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -588,7 +589,7 @@ async fn claims_call_the_claim_function_and_fall_back_to_the_statement_without_i
     // claim fails, which shows that it called the function.
     env.pg
         .batch_execute(&format!(
-            "ALTER FUNCTION \"{}\".outbox_claim(bigint, bigint, bigint, bigint) RENAME TO old_claim",
+            "ALTER FUNCTION \"{}\".outbox_claim(bigint, bigint, bigint, bigint, bigint, boolean) RENAME TO old_claim",
             env.schema
         ))
         .await

@@ -39,6 +39,7 @@ pub async fn run(
         rows: opts.messages,
         payload: opts.payload,
         poison_every: None,
+        keys: 0,
         large: &[],
     };
     scale_out(report, channel, queue, backlog).await;
@@ -86,6 +87,7 @@ async fn drains(
         rows: n,
         payload: opts.payload,
         poison_every: None,
+        keys: 0,
         large: &[],
     };
     let window = scenarios::best_window(conn, queue, n, opts.payload).await;
@@ -211,6 +213,7 @@ pub async fn large_backlog(
             rows,
             payload,
             poison_every: None,
+            keys: 0,
             large: &[],
         };
         let consuming = conn.create_channel().await.unwrap();
@@ -245,6 +248,7 @@ async fn large_rows(report: &mut Report, channel: &lapin::Channel, queue: &Bench
         rows: 1_000,
         payload: 256,
         poison_every: None,
+        keys: 0,
         large: &[(2, 100), (8, 10)],
     };
     let extra = ["--max-attempts", "1"];

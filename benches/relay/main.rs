@@ -16,6 +16,7 @@ mod deliver;
 mod descriptors;
 mod drains;
 mod ingress;
+mod ordered;
 mod procfs;
 mod report;
 mod scenarios;
@@ -103,6 +104,9 @@ enum Group {
     /// The receiving side: `run --worker-addr` delivering a queue to a tonic
     /// worker, against a plain lapin consumer of the same queue.
     Deliver,
+    /// Rows over 1, 100 and 10,000 ordering keys vs the unordered drain (not
+    /// in the default set).
+    Ordered,
 }
 
 #[tokio::main]
@@ -166,6 +170,9 @@ async fn main() {
     }
     if opts.only.contains(&Group::Deliver) {
         deliver::run(&mut report, &conn, &opts).await;
+    }
+    if opts.only.contains(&Group::Ordered) {
+        ordered::run(&mut report, &channel, &queue, &opts).await;
     }
     if opts.only.contains(&Group::Api) {
         api::run(&mut report, opts.api_rows).await;

@@ -172,6 +172,8 @@ pub struct Backlog {
     pub rows: usize,
     pub payload: usize,
     pub poison_every: Option<usize>,
+    /// Ordering keys the rows are spread over, at random (0: no key).
+    pub keys: usize,
     /// Extra rows far above the batch budget: (count, MiB) pairs.
     pub large: &'static [(usize, usize)],
 }
@@ -196,9 +198,15 @@ pub async fn drain(
     let schema = Schema::create(label, false).await;
     let (n, payload) = (backlog.rows, backlog.payload);
     let filling = Instant::now();
-    schema
-        .fill(&pg, n, payload, &queue.name, backlog.poison_every)
-        .await;
+    if backlog.keys == 0 {
+        schema
+            .fill(&pg, n, payload, &queue.name, backlog.poison_every)
+            .await;
+    } else {
+        schema
+            .fill_keyed(&pg, n, payload, &queue.name, backlog.keys)
+            .await;
+    }
     schema.fill_large(&pg, &queue.name, backlog.large).await;
     let fill = filling.elapsed();
     statements::reset(&pg).await;

@@ -172,6 +172,42 @@ impl Schema {
         pg.batch_execute("CHECKPOINT").await.unwrap();
     }
 
+    /// Like [`Self::fill`] (no poison rows), each row with one of `keys`
+    /// ordering keys, picked at random. In transactions of 1,000 rows: a
+    /// transaction holds one lock per distinct key it inserts (migration
+    /// 0007), and ten thousand would exhaust the server's lock table.
+    pub async fn fill_keyed(
+        &self,
+        pg: &tokio_postgres::Client,
+        n: usize,
+        payload: usize,
+        queue: &str,
+        keys: usize,
+    ) {
+        let sql = format!(
+            "INSERT INTO {} (routing_key, payload, content_type, headers, ordering_key)
+             SELECT $1, convert_to(repeat('x', $2), 'UTF8'), 'application/octet-stream',
+                    jsonb_build_object('seq', g),
+                    'key-' || ((hashint4(g) & 2147483647) % $5)
+             FROM generate_series($3, $4) g",
+            self.table()
+        );
+        let (keys, payload) = (keys as i32, payload as i32);
+        for start in (1..=n).step_by(1_000) {
+            let end = (start + 999).min(n);
+            pg.execute(
+                &sql,
+                &[&queue, &payload, &(start as i32), &(end as i32), &keys],
+            )
+            .await
+            .expect("fill the outbox with keyed rows");
+        }
+        pg.batch_execute(&format!("VACUUM ANALYZE {}", self.table()))
+            .await
+            .unwrap();
+        pg.batch_execute("CHECKPOINT").await.unwrap();
+    }
+
     /// Adds `large` rows: (count, MiB) pairs of one-byte-repeated payloads.
     pub async fn fill_large(
         &self,

@@ -24,11 +24,11 @@ pub use http::{DEFAULT_HTTP_ADDR, HttpArgs, HttpListen};
 pub use tls::{AmqpTls, SslMode};
 pub use values::{AmqpUrl, DatabaseUrl, Secret, parse_duration, parse_size};
 
-use crate::outbox::{Identifier, MessageId, OnSent, RowKey};
+use crate::outbox::{Identifier, MessageId, OnSent, OrderingOnDead, RowKey};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
-use values::{parse_header, parse_queue_name};
+use values::{parse_header, parse_ordering_key, parse_queue_name};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -266,6 +266,12 @@ pub struct RunArgs {
     /// What to do with a confirmed row: mark it sent (kept for --retention), or delete it.
     #[arg(long, env = "OUTBOX_ON_SENT", value_enum, default_value_t = OnSent::Mark)]
     pub on_sent: OnSent,
+    /// What a dead-lettered row does to the later rows of its ordering key:
+    /// `block` (they wait until it is replayed and sent, or deleted), or
+    /// `skip` (they go on without it; a replayed dead row is then published
+    /// after them). Rows without a key are not affected.
+    #[arg(long, env = "OUTBOX_ORDERING_ON_DEAD", value_enum, default_value_t = OrderingOnDead::Block)]
+    pub ordering_on_dead: OrderingOnDead,
     /// With --on-sent mark: how long sent rows are kept before being purged.
     #[arg(long, env = "OUTBOX_RETENTION", default_value = "7days", value_parser = parse_duration)]
     pub retention: Duration,
@@ -352,6 +358,10 @@ pub struct SendArgs {
     /// Publish no earlier than this from now, e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
+    /// Ordering key (1 to 256 bytes): messages with the same key are
+    /// published in the order they were committed, one at a time.
+    #[arg(long, value_parser = parse_ordering_key)]
+    pub ordering_key: Option<String>,
     /// The payload, or `-` to read it from standard input.
     pub payload: String,
 }

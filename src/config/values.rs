@@ -240,6 +240,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An ordering key for `send --ordering-key`: 1 to 256 bytes.
+pub(super) fn parse_ordering_key(s: &str) -> Result<String, String> {
+    crate::outbox::check_ordering_key(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

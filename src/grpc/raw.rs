@@ -11,6 +11,7 @@
 use super::codec::BytesIn;
 use super::o5;
 use super::observe::CallTrace;
+use super::publisher::ordering_key_of;
 use super::sink::Sink;
 use super::status::{IngressError, caller_timeout, within_deadline};
 use super::topology::{Catalog, HEADER_METHOD, HEADER_SERVICE, HEADER_TYPE, PROTOBUF, Route};
@@ -150,7 +151,9 @@ impl Shared {
         if let Route::O5(route) = &method.route {
             let names = (method.service.as_str(), method.method.as_str());
             let message = route.message_of(names, &decoded, bytes, message_id_of(request)?)?;
-            return self.o5.publish(message, None);
+            let mut new = self.o5.publish(message, None)?;
+            new.ordering_key = ordering_key_of(request.metadata())?;
+            return Ok(new);
         }
         let destination =
             method
@@ -174,6 +177,7 @@ impl Shared {
             content_type: Some(PROTOBUF.to_owned()),
             headers,
             delay: std::time::Duration::ZERO,
+            ordering_key: ordering_key_of(request.metadata())?,
         })
     }
 }

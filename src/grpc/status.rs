@@ -6,7 +6,7 @@
 //! message_id". Nothing that failed was acknowledged as stored.
 
 use crate::amqp::{BrokerError, EncodeError, PublishError};
-use crate::outbox::{MessageIdError, StoreError};
+use crate::outbox::{MessageIdError, OrderingKeyError, StoreError};
 use std::time::Duration;
 use tonic::{Code, Status};
 
@@ -19,6 +19,10 @@ pub enum IngressError {
     MessageId(#[from] MessageIdError),
     #[error("the message-id metadata is not UTF-8 text")]
     MessageIdNotText,
+    #[error("{0}")]
+    OrderingKey(#[from] OrderingKeyError),
+    #[error("the ordering-key metadata is not UTF-8 text")]
+    OrderingKeyNotText,
     #[error("delay {0} is outside 0 to 900 seconds")]
     DelayOutOfRange(i64),
     #[error("a negative delay")]
@@ -56,6 +60,8 @@ impl IngressError {
             Self::Encode(_)
             | Self::MessageId(_)
             | Self::MessageIdNotText
+            | Self::OrderingKey(_)
+            | Self::OrderingKeyNotText
             | Self::DelayOutOfRange(_)
             | Self::NegativeDelay
             | Self::EmptyBatch

@@ -185,6 +185,8 @@ pub struct Metrics {
     dead_messages: Gauge,
     table_dead_tuples: Gauge,
     table_last_autovacuum: FloatGauge,
+    ordering_keys_blocked: Gauge,
+    ordering_blocked_since: FloatGauge,
     grpc: grpc::GrpcSeries,
     deliver: deliver::DeliverSeries,
     destinations: destination::DestinationSeries,
@@ -299,6 +301,8 @@ impl Metrics {
             dead_messages: table.dead_messages,
             table_dead_tuples: table.dead_tuples,
             table_last_autovacuum: table.last_autovacuum,
+            ordering_keys_blocked: table.ordering_keys_blocked,
+            ordering_blocked_since: table.ordering_blocked_since,
             grpc,
             deliver,
             destinations,
@@ -450,6 +454,9 @@ impl Metrics {
         self.dead_messages.set(table.dead);
         self.table_dead_tuples.set(table.dead_tuples);
         self.table_last_autovacuum.set(table.last_autovacuum_epoch);
+        self.ordering_keys_blocked.set(table.blocked_keys.keys);
+        self.ordering_blocked_since
+            .set(table.blocked_keys.oldest_seconds);
     }
 }
 

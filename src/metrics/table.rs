@@ -20,6 +20,8 @@ pub(super) struct TableSeries {
     pub(super) dead_messages: Gauge,
     pub(super) dead_tuples: Gauge,
     pub(super) last_autovacuum: FloatGauge,
+    pub(super) ordering_keys_blocked: Gauge,
+    pub(super) ordering_blocked_since: FloatGauge,
 }
 
 impl TableSeries {
@@ -37,6 +39,8 @@ impl TableSeries {
             dead_messages: Gauge::default(),
             dead_tuples: Gauge::default(),
             last_autovacuum: FloatGauge::default(),
+            ordering_keys_blocked: Gauge::default(),
+            ordering_blocked_since: FloatGauge::default(),
         };
         registry.register_with_unit(
             "oldest_pending_age",
@@ -58,6 +62,17 @@ impl TableSeries {
             "table_last_autovacuum_timestamp_seconds",
             "When autovacuum last finished on the outbox table, in seconds since the Unix epoch (0: never)",
             series.last_autovacuum.clone(),
+        );
+        registry.register(
+            "ordering_keys_blocked",
+            "Ordering keys held back by their head: it failed and waits for its retry, or is dead (with --ordering-on-dead block)",
+            series.ordering_keys_blocked.clone(),
+        );
+        registry.register_with_unit(
+            "ordering_blocked_since",
+            "Age of the oldest head holding its key back (created_at; 0 when no key is held back)",
+            Unit::Seconds,
+            series.ordering_blocked_since.clone(),
         );
         series
     }

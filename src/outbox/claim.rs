@@ -7,9 +7,12 @@
 //! - a claim that is dropped unfinished (an error, a step abandoned at its
 //!   deadline, a panic) closes its connection instead of returning it to the
 //!   pool mid-transaction: the server rolls back and the rows are free at
-//!   once (invariant 4).
+//!   once (invariant 4);
+//! - a claim considers at most [`WINDOW_PER_ROW`] keyed rows per row asked
+//!   for, in at most [`MAX_WINDOWS`] windows: a key with a long backlog
+//!   behind a failing head costs each claim O(batch), not O(backlog).
 
-use super::{Claimed, Failure, OnSent, Outbox, StoreError};
+use super::{Claimed, Failure, OnSent, Outbox, StoreError, row};
 use deadpool_postgres::{Object, Pool};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,12 +34,23 @@ pub struct ClaimLimits {
     pub idle_timeout: std::time::Duration,
 }
 
+/// Keyed rows one claim statement considers, per row asked for: a few
+/// blocked rows among them (a key whose previous row is still in flight)
+/// still leave a full batch of heads.
+pub const WINDOW_PER_ROW: usize = 2;
+/// Statements one claim runs while every keyed row of its window was held
+/// back (and nothing else was due in it): it then looks further, from the
+/// end of that window, instead of coming back empty.
+pub const MAX_WINDOWS: usize = 4;
+
 /// Rows locked by one open transaction.
 pub struct Claim {
     tx: ClaimTx,
     statements: Arc<super::Statements>,
     cursor: Arc<super::ClaimCursor>,
     pub rows: Vec<Claimed>,
+    /// Ids of the claimed rows that have an ordering key, ascending.
+    keyed: Vec<i64>,
 }
 
 impl std::fmt::Debug for Claim {
@@ -55,32 +69,55 @@ impl Outbox {
             statements: self.sql.clone(),
             cursor: self.cursor.clone(),
             rows: Vec::new(),
+            keyed: Vec::new(),
         };
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        let (rows, max, bytes) = (
+        let (rows, max, bytes, window, skip) = (
             to_i64(limits.rows),
             to_i64(limits.max_payload),
             to_i64(limits.batch_bytes),
+            to_i64(limits.rows.saturating_mul(WINDOW_PER_ROW)),
+            self.skips_dead(),
         );
-        let from = self.cursor.start();
+        let start = self.cursor.start();
         let statement = if self.claim_function.load(Ordering::Relaxed) {
             &claim.statements.claim_call
         } else {
             &claim.statements.claim
         };
-        let rows = claim
-            .tx
-            .lock_rows(
-                statement,
-                &[
-                    (&rows, Type::INT8),
-                    (&max, Type::INT8),
-                    (&bytes, Type::INT8),
-                    (&from, Type::INT8),
-                ],
-            )
-            .await?;
-        claim.rows = rows.iter().map(Claimed::decode).collect::<Result<_, _>>()?;
+        let (mut from, mut locked, mut walked_to) = (start, Vec::new(), None);
+        for _ in 0..MAX_WINDOWS {
+            let mut found = claim
+                .tx
+                .lock_rows(
+                    statement,
+                    &[
+                        (&rows, Type::INT8),
+                        (&max, Type::INT8),
+                        (&bytes, Type::INT8),
+                        (&from, Type::INT8),
+                        (&window, Type::INT8),
+                        (&skip, Type::BOOL),
+                    ],
+                )
+                .await?;
+            walked_to = take_marker(&mut found)?;
+            locked = found;
+            match walked_to {
+                Some(end) if locked.is_empty() => from = end.saturating_add(1),
+                _ => break,
+            }
+        }
+        for row in &locked {
+            if row_keyed(row)? {
+                claim.keyed.push(row::typed(row, 0, "id", "bigint")?);
+            }
+        }
+        claim.keyed.sort_unstable();
+        claim.rows = locked
+            .iter()
+            .map(Claimed::decode)
+            .collect::<Result<_, _>>()?;
         let last = claim.rows.iter().map(|c| c.id().0).max();
         let unloaded = claim
             .rows
@@ -90,10 +127,37 @@ impl Outbox {
                 _ => None,
             })
             .min();
-        self.cursor
-            .advance(from, limits.rows, claim.rows.len(), last, unloaded);
+        self.cursor.advance(
+            start,
+            limits.rows,
+            claim.rows.len(),
+            last,
+            unloaded,
+            walked_to,
+        );
         Ok(claim)
     }
+}
+
+/// Removes the claim's marker row (id NULL, the last one) and returns where
+/// its walk ended, when the window of keyed rows bounded it.
+fn take_marker(rows: &mut Vec<Row>) -> Result<Option<i64>, StoreError> {
+    let Some(last) = rows.last() else {
+        return Ok(None);
+    };
+    let id: Option<i64> = row::typed(last, 0, "id", "bigint")?;
+    if id.is_some() {
+        return Ok(None);
+    }
+    let walked_to: Option<i64> = row::typed(last, 11, "id", "bigint")?;
+    rows.pop();
+    Ok(walked_to)
+}
+
+/// Whether a claimed row has an ordering key.
+fn row_keyed(row: &Row) -> Result<bool, StoreError> {
+    let keyed: Option<bool> = row::typed(row, 10, "ordering_key", "text")?;
+    Ok(keyed.unwrap_or(false))
 }
 
 impl Claim {
@@ -139,6 +203,16 @@ impl Claim {
         self.tx.commit().await?;
         if let Some(backoff) = failures.iter().filter(|f| !f.dead).map(|f| f.delay).min() {
             self.cursor.rescan_at(std::time::Instant::now() + backoff);
+        }
+        // A keyed row gone from the pending set (sent, or dead, which with
+        // --ordering-on-dead skip frees its key) lets its key's next row be
+        // claimed: that row may lie below the cursor, skipped while it was
+        // held back.
+        let keyed = |id: &i64| self.keyed.binary_search(id).is_ok();
+        let freed = sent.iter().copied().filter(keyed);
+        let dead = failures.iter().filter(|f| f.dead).map(|f| f.id.0);
+        if let Some(first) = freed.chain(dead.filter(keyed)).min() {
+            self.cursor.rewind_to(first.saturating_add(1));
         }
         Ok(())
     }

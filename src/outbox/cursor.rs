@@ -14,6 +14,16 @@
 //! fewer rows than asked for (the end of the backlog), when a row this
 //! relay failed becomes due again ([`ClaimCursor::rescan_at`]), and at
 //! least every [`RESCAN_EVERY`].
+//!
+//! Ordering keys (migration 0007) add two moves. A claim whose window of
+//! keyed rows was full walked only up to the window's end (`walked_to`):
+//! the next claim goes on from there, short or not, instead of rescanning
+//! the same held-back rows (a key's backlog behind a failing head would
+//! otherwise stop every claim at its first window, and rows after it would
+//! never be reached). And once a batch's keyed rows are marked sent, the
+//! cursor is moved back to just after the lowest of them
+//! ([`ClaimCursor::rewind_to`]): their keys' next rows, held back while
+//! those were in flight, lie after them and possibly below the cursor.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -72,7 +82,8 @@ impl ClaimCursor {
     /// `claimed`, the highest id `last` and, `unloaded`, the lowest id of
     /// those whose payload it did not load (they may be left pending for the
     /// next claim). A short claim reached the end of the backlog: the next
-    /// one rescans.
+    /// one rescans, unless its window of keyed rows ended its walk at
+    /// `walked_to` first.
     pub fn advance(
         &self,
         from: i64,
@@ -80,18 +91,32 @@ impl ClaimCursor {
         claimed: usize,
         last: Option<i64>,
         unloaded: Option<i64>,
+        walked_to: Option<i64>,
     ) {
         let mut state = self.0.lock().expect("poisoned");
-        let Some(last) = last.filter(|_| claimed >= limit) else {
-            state.from = 0;
-            return;
+        let reached = match (last.filter(|_| claimed >= limit), walked_to) {
+            (Some(last), _) => last,
+            (None, Some(end)) => end,
+            (None, None) => {
+                state.from = 0;
+                return;
+            }
         };
-        let next = unloaded.unwrap_or(last.saturating_add(1));
+        let next = unloaded.unwrap_or(reached.saturating_add(1));
         // Another worker may have moved it further meanwhile; a rescan
         // (from 0) that started before keeps what came after it.
         if state.from == from || next > state.from {
             state.from = next.max(from);
         }
+    }
+}
+
+impl ClaimCursor {
+    /// Rows from `id` on may be due again (their key's previous row was just
+    /// sent): the next claim starts there at the latest.
+    pub fn rewind_to(&self, id: i64) {
+        let mut state = self.0.lock().expect("poisoned");
+        state.from = state.from.min(id);
     }
 }
 
@@ -103,41 +128,56 @@ mod tests {
     fn a_full_claim_moves_the_cursor_past_its_rows_and_a_short_one_rescans() {
         let cursor = ClaimCursor::default();
         assert_eq!(cursor.start(), 0);
-        cursor.advance(0, 3, 3, Some(9), None);
+        cursor.advance(0, 3, 3, Some(9), None, None);
         assert_eq!(cursor.start(), 10);
-        cursor.advance(10, 3, 2, Some(11), None);
+        cursor.advance(10, 3, 2, Some(11), None, None);
         assert_eq!(cursor.start(), 0, "the end of the backlog: rescan");
-        cursor.advance(0, 2, 0, None, None);
+        cursor.advance(0, 2, 0, None, None, None);
         assert_eq!(cursor.start(), 0);
     }
 
     #[test]
     fn a_retry_coming_due_brings_a_rescan() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 2, 2, Some(2), None);
+        cursor.advance(0, 2, 2, Some(2), None, None);
         cursor.rescan_at(Instant::now());
         assert_eq!(cursor.start(), 0, "the failed row's backoff is over");
-        cursor.advance(0, 2, 2, Some(4), None);
+        cursor.advance(0, 2, 2, Some(4), None, None);
         assert_eq!(cursor.start(), 5, "one rescan per retry");
     }
 
     #[test]
     fn rows_left_unloaded_are_not_skipped() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 3, 3, Some(3), Some(2));
+        cursor.advance(0, 3, 3, Some(3), Some(2), None);
         assert_eq!(cursor.start(), 2);
+    }
+
+    #[test]
+    fn a_claim_ended_by_its_window_goes_on_after_it_and_a_sent_key_rewinds() {
+        let cursor = ClaimCursor::default();
+        assert_eq!(cursor.start(), 0);
+        // Short (1 of 3 rows), but its window of keyed rows ended at 40.
+        cursor.advance(0, 3, 1, Some(5), None, Some(40));
+        assert_eq!(cursor.start(), 41, "not a rescan: rows after 40 are due");
+        cursor.advance(41, 3, 0, None, None, Some(90));
+        assert_eq!(cursor.start(), 91, "a window of held-back rows is passed");
+        cursor.rewind_to(6);
+        assert_eq!(cursor.start(), 6, "the key of row 5 goes on");
+        cursor.rewind_to(50);
+        assert_eq!(cursor.start(), 6, "a rewind never moves it forward");
     }
 
     #[test]
     fn a_worker_behind_another_does_not_move_the_cursor_back() {
         let cursor = ClaimCursor::default();
-        cursor.advance(0, 2, 2, Some(2), None);
-        cursor.advance(3, 2, 2, Some(4), None);
+        cursor.advance(0, 2, 2, Some(2), None, None);
+        cursor.advance(3, 2, 2, Some(4), None, None);
         // A claim that also started at 3 and got rows 5 and 6 (4 was held).
-        cursor.advance(3, 2, 2, Some(6), None);
+        cursor.advance(3, 2, 2, Some(6), None, None);
         assert_eq!(cursor.start(), 7);
         // A late one from 0 that got 1..2 again does not pull it back.
-        cursor.advance(0, 2, 2, Some(2), None);
+        cursor.advance(0, 2, 2, Some(2), None, None);
         assert_eq!(cursor.start(), 7);
     }
 }

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_claim_function",
         sql: include_str!("../../sql/0006_claim_function.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_ordering_key",
+        sql: include_str!("../../sql/0007_ordering_key.sql"),
+    },
 ];
 
 /// Every migration of the o5 table format, in order.

@@ -21,6 +21,7 @@ mod listen;
 mod message_id;
 pub mod migrate;
 pub mod o5;
+mod ordering;
 mod overview;
 mod row;
 mod sql;
@@ -34,6 +35,9 @@ pub use error::{StoreError, describe};
 pub use ident::{Identifier, IdentifierError};
 pub use listen::{O5_CHANNEL, WakeChannel, run_listener};
 pub use message_id::{MessageId, MessageIdError};
+pub use ordering::{
+    BlockedKeys, ORDERING_KEY_MAX, OrderingKeyError, OrderingOnDead, check_ordering_key,
+};
 pub use overview::{Backlog, Overview, Rates, RouteCount};
 pub use row::{
     Claimed, Inserted, NewMessage, OutboxRow, RowDefect, RowId, RowView, Stats, TableGauges,
@@ -174,6 +178,8 @@ pub struct Outbox {
     /// instead of sending the statement, which is then planned once per
     /// session. Found by [`Self::ensure_table`].
     claim_function: Arc<AtomicBool>,
+    /// `--ordering-on-dead`: whether a dead row holds its key back.
+    ordering_on_dead: OrderingOnDead,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -194,6 +200,7 @@ impl Outbox {
             opened: None,
             cursor: Arc::new(ClaimCursor::default()),
             claim_function: Arc::new(AtomicBool::new(false)),
+            ordering_on_dead: OrderingOnDead::default(),
         }
     }
 
@@ -233,7 +240,8 @@ impl Outbox {
 
     /// Fails with [`StoreError::TableMissing`] when the migration has not
     /// run, and with [`StoreError::Schema`] when the table predates
-    /// migration 0004 (its message_id is not text yet).
+    /// migration 0004 (its message_id is not text yet) or 0007 (it has no
+    /// ordering_key: the claim reads it).
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let row = client
@@ -242,7 +250,10 @@ impl Outbox {
                         (SELECT format_type(atttypid, NULL) FROM pg_attribute
                          WHERE attrelid = to_regclass($1) AND attname = 'message_id'
                            AND NOT attisdropped),
-                        to_regprocedure($2) IS NOT NULL",
+                        to_regprocedure($2) IS NOT NULL,
+                        (SELECT format_type(atttypid, NULL) FROM pg_attribute
+                         WHERE attrelid = to_regclass($1) AND attname = 'ordering_key'
+                           AND NOT attisdropped)",
                 &[
                     (&self.sql.table, Type::TEXT),
                     (&self.sql.claim_function, Type::TEXT),
@@ -256,17 +267,25 @@ impl Outbox {
                 schema: self.schema.to_string(),
             });
         }
-        match row.get::<_, Option<String>>(1) {
-            Some(ty) if ty == "text" => Ok(()),
-            found => Err(StoreError::Schema {
-                column: "message_id",
-                expected: "text",
-                reason: format!(
-                    "it is {} (migration 0004_text_message_id has not run)",
-                    found.as_deref().unwrap_or("missing")
-                ),
-            }),
+        for (index, column, migration) in [
+            (1, "message_id", "0004_text_message_id"),
+            (3, "ordering_key", "0007_ordering_key"),
+        ] {
+            match row.get::<_, Option<String>>(index) {
+                Some(ty) if ty == "text" => {}
+                found => {
+                    return Err(StoreError::Schema {
+                        column,
+                        expected: "text",
+                        reason: format!(
+                            "it is {} (migration {migration} has not run: run `outbox-relay migrate`)",
+                            found.as_deref().unwrap_or("missing")
+                        ),
+                    });
+                }
+            }
         }
+        Ok(())
     }
 
     /// Deletes up to `limit` rows sent longer ago than `older_than`.
@@ -303,6 +322,7 @@ impl Outbox {
                     (&message.content_type, Type::TEXT),
                     (&headers, Type::JSONB),
                     (&delay_ms, Type::FLOAT8),
+                    (&message.ordering_key, Type::TEXT),
                 ],
             )
             .await?;
@@ -320,11 +340,18 @@ impl Outbox {
 
     /// Inserts every message in one statement: all of them are stored, or
     /// none, in one round trip and one commit whatever their number.
+    ///
+    /// Keyed messages go in key order (a stable sort: a key's messages keep
+    /// their order), after those without a key: every transaction of this
+    /// relay then takes its keys' locks (migration 0007) in one order, so
+    /// two of them never deadlock on each other's keys.
     pub async fn insert_all(&self, messages: &[&NewMessage]) -> Result<(), StoreError> {
         if let [message] = messages {
             return self.insert(message).await.map(drop);
         }
-        let columns = Columns::of(messages);
+        let mut ordered = messages.to_vec();
+        ordered.sort_by(|a, b| a.ordering_key.cmp(&b.ordering_key));
+        let columns = Columns::of(&ordered);
         let client = self.pool.get().await?;
         client
             .query_typed(
@@ -337,6 +364,7 @@ impl Outbox {
                     (&columns.content_types, Type::TEXT_ARRAY),
                     (&columns.headers, Type::JSONB_ARRAY),
                     (&columns.delays_ms, Type::FLOAT8_ARRAY),
+                    (&columns.ordering_keys, Type::TEXT_ARRAY),
                 ],
             )
             .await?;
@@ -346,7 +374,14 @@ impl Outbox {
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let client = self.pool.get().await?;
         let row = client.query_typed_one(&self.sql.stats, &[]).await?;
+        let blocked = client
+            .query_typed_one(
+                &self.sql.ordering_blocked,
+                &[(&self.skips_dead(), Type::BOOL)],
+            )
+            .await?;
         Ok(Stats {
+            ordering: BlockedKeys::from_row(&blocked)?,
             pending: row.get(0),
             due: row.get(1),
             sent: row.get(2),
@@ -361,6 +396,12 @@ impl Outbox {
         let client = self.pool.get().await?;
         let pending = client.query_typed_one(&self.sql.backlog, &[]).await?;
         let dead = client.query_typed_one(&self.sql.dead_count, &[]).await?;
+        let blocked = client
+            .query_typed_one(
+                &self.sql.ordering_blocked,
+                &[(&self.skips_dead(), Type::BOOL)],
+            )
+            .await?;
         let vacuum = client
             .query_typed_opt(&self.sql.table_stats, &[(&self.sql.table, Type::TEXT)])
             .await?;
@@ -371,6 +412,7 @@ impl Outbox {
             dead: dead.get(0),
             dead_tuples: vacuum.as_ref().map_or(0, |r| r.get(0)),
             last_autovacuum_epoch: vacuum.as_ref().map_or(0.0, |r| r.get(1)),
+            blocked_keys: BlockedKeys::from_row(&blocked)?,
         })
     }
 
@@ -465,6 +507,7 @@ struct Columns<'a> {
     content_types: Vec<Option<&'a str>>,
     headers: Vec<tokio_postgres::types::Json<&'a serde_json::Map<String, serde_json::Value>>>,
     delays_ms: Vec<f64>,
+    ordering_keys: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -486,6 +529,7 @@ impl<'a> Columns<'a> {
                 .iter()
                 .map(|m| m.delay.as_secs_f64() * 1000.0)
                 .collect(),
+            ordering_keys: messages.iter().map(|m| m.ordering_key.as_deref()).collect(),
         }
     }
 }

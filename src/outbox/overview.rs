@@ -11,7 +11,7 @@
 //! publishes either way). Bounded by [`super::browse::BROWSE_TIMEOUT`].
 
 use super::browse::BROWSE_TIMEOUT;
-use super::{Outbox, StoreError, row::typed};
+use super::{BlockedKeys, Outbox, StoreError, row::typed};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::Type;
 
@@ -71,6 +71,8 @@ pub struct Overview {
     /// The routes with the most pending rows, most first.
     pub top_pending: Vec<RouteCount>,
     pub rates: Rates,
+    /// Ordering keys held back by a failed or dead head.
+    pub ordering: BlockedKeys,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -143,6 +145,12 @@ impl Outbox {
         let routes = tx
             .query_typed(&render(TOP_ROUTES), &[(&top, Type::INT8)])
             .await?;
+        let blocked = tx
+            .query_typed_one(
+                &self.sql.ordering_blocked,
+                &[(&self.skips_dead(), Type::BOOL)],
+            )
+            .await?;
         tx.commit().await?;
         let (due, delayed): (i64, i64) = (
             typed(&backlog, 0, "available_at", "timestamptz")?,
@@ -159,6 +167,7 @@ impl Outbox {
             sent: sent_count.min(SENT_COUNT_CAP),
             sent_at_least: sent_count > SENT_COUNT_CAP,
             dead: typed(&dead, 0, "dead_at", "timestamptz")?,
+            ordering: BlockedKeys::from_row(&blocked)?,
             top_pending: routes
                 .iter()
                 .map(|r| {

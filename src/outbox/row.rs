@@ -145,6 +145,10 @@ pub struct NewMessage {
     pub content_type: Option<String>,
     pub headers: serde_json::Map<String, serde_json::Value>,
     pub delay: std::time::Duration,
+    /// Messages with the same key are published in the order their
+    /// inserting transactions committed (see `ordering.rs`); `None`: no
+    /// order with any other message. Checked by `check_ordering_key`.
+    pub ordering_key: Option<String>,
 }
 
 /// Whether an insert stored a new row or found the message_id already there.
@@ -162,6 +166,9 @@ pub struct Stats {
     pub sent: i64,
     pub dead: i64,
     pub oldest_pending_seconds: f64,
+    /// Ordering keys held back by a failed or dead head, and the age of
+    /// the oldest such head.
+    pub ordering: super::BlockedKeys,
 }
 
 /// The table's state for the metrics' gauges.
@@ -178,6 +185,8 @@ pub struct TableGauges {
     pub dead_tuples: i64,
     /// Seconds since the Unix epoch; 0 when never.
     pub last_autovacuum_epoch: f64,
+    /// Ordering keys held back by a failed or dead head.
+    pub blocked_keys: super::BlockedKeys,
 }
 
 /// A row as an operator sees it (`show`, `dead`).

@@ -19,32 +19,73 @@ use super::Identifier;
 /// budget come without payload and stay pending for the next claim. `$4` is
 /// where the claim starts (the relay's cursor, see `cursor.rs`; 0 rescans).
 /// `octet_length` reads a TOASTed payload's size without detoasting it.
-const CLAIM: &str = "SELECT id, message_id, exchange, routing_key,
-       CASE WHEN len <= $2 AND len <= $3 AND budget <= $3 THEN payload END,
-       len, content_type, headers::text, attempts, created_epoch
+///
+/// Ordering keys (migration 0007): a keyed row is claimed only when it is
+/// its key's head, so one row per key is in flight across every worker and
+/// relay (the head stays unsent, and so blocks its key, until it is marked
+/// sent). `$5` bounds the keyed rows considered (the first ones at or after
+/// `$4`); when it binds, the walk ends at the last of them and the last row
+/// returned, the marker (id NULL), says where (`walked_to`). `$6` is
+/// `--ordering-on-dead skip`: a dead row no longer holds its key back. Rows
+/// without a key take the first arm of the OR: the walk and its cost are
+/// the unordered claim's, plus one look at an index that holds no such row.
+/// The same statement as the claim function of migration 0007.
+const CLAIM: &str = "WITH window_rows AS MATERIALIZED (
+    SELECT k.id, k.ordering_key, k.ordering_seq
+    FROM {table} AS k
+    WHERE k.ordering_key IS NOT NULL AND k.sent_at IS NULL AND k.dead_at IS NULL
+      AND k.id >= $4
+    ORDER BY k.id
+    LIMIT $5
+), candidates AS MATERIALIZED (
+    SELECT min(w.ordering_seq) AS seq FROM window_rows AS w GROUP BY w.ordering_key
+), bound AS MATERIALIZED (
+    SELECT CASE WHEN count(*) >= $5 THEN max(w.id) END AS id FROM window_rows AS w
+)
+SELECT r.id, r.message_id, r.exchange, r.routing_key, r.payload, r.len,
+       r.content_type, r.headers, r.attempts, r.created_epoch, r.keyed, r.walked_to
 FROM (
-    SELECT *, sum(CASE WHEN len <= $3 THEN len ELSE 0 END) OVER (ORDER BY id) AS budget
+    SELECT s.id, s.message_id, s.exchange, s.routing_key,
+           CASE WHEN s.len <= $2 AND s.len <= $3 AND s.budget <= $3 THEN s.payload END AS payload,
+           s.len, s.content_type, s.headers::text AS headers, s.attempts, s.created_epoch,
+           s.keyed, NULL::bigint AS walked_to
     FROM (
-        SELECT id, message_id, exchange, routing_key, payload,
-               octet_length(payload)::bigint AS len, content_type, headers, attempts,
-               CASE WHEN isfinite(created_at)
-                    THEN extract(epoch FROM created_at)::bigint END AS created_epoch
-        FROM {table}
-        WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= now()
-          AND id >= $4
-        ORDER BY id
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    ) AS claimed
-) AS sized
-ORDER BY id";
+        SELECT c.*, sum(CASE WHEN c.len <= $3 THEN c.len ELSE 0 END) OVER (ORDER BY c.id) AS budget
+        FROM (
+            SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload,
+                   octet_length(o.payload)::bigint AS len, o.content_type, o.headers, o.attempts,
+                   CASE WHEN isfinite(o.created_at)
+                        THEN extract(epoch FROM o.created_at)::bigint END AS created_epoch,
+                   o.ordering_key IS NOT NULL AS keyed
+            FROM {table} AS o
+            WHERE o.sent_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
+              AND o.id >= $4
+              AND o.id <= COALESCE((SELECT b.id FROM bound AS b), 9223372036854775807)
+              AND (o.ordering_key IS NULL
+                   OR (o.ordering_seq IN (SELECT cs.seq FROM candidates AS cs)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM {table} AS p
+                           WHERE p.ordering_key = o.ordering_key
+                             AND p.ordering_seq < o.ordering_seq
+                             AND p.sent_at IS NULL
+                             AND (p.dead_at IS NULL OR NOT $6))))
+            ORDER BY o.id
+            LIMIT $1
+            FOR UPDATE OF o SKIP LOCKED
+        ) AS c
+    ) AS s
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           (SELECT b.id FROM bound AS b)
+) AS r
+ORDER BY r.id";
 
-/// [`CLAIM`] through the schema's function (migration 0006), which keeps
+/// [`CLAIM`] through the schema's function (migration 0007), which keeps
 /// its plan for the session: the statement above is planned on every call.
-const CLAIM_CALL: &str = "SELECT * FROM {table}_claim($1, $2, $3, $4)";
+const CLAIM_CALL: &str = "SELECT * FROM {table}_claim($1, $2, $3, $4, $5, $6)";
 
 /// The claim function's signature, for `to_regprocedure`.
-const CLAIM_FUNCTION: &str = "{table}_claim(bigint, bigint, bigint, bigint)";
+const CLAIM_FUNCTION: &str = "{table}_claim(bigint, bigint, bigint, bigint, bigint, boolean)";
 
 /// One large payload, read under the claim that holds its row.
 /// An idle worker's look: the first due row on the pending index.
@@ -80,24 +121,30 @@ const PURGE_SENT: &str = "DELETE FROM {table} WHERE id IN (
     FOR UPDATE SKIP LOCKED)";
 
 /// Inserts one message; a repeated message_id is stored once. The id is
-/// the caller's text (migration 0004), else a random UUID as text.
+/// the caller's text (migration 0004), else a random UUID as text. `$8` is
+/// the ordering key or NULL (the trigger of migration 0007 numbers a keyed
+/// row, and makes its key's later inserts wait for this transaction).
 const INSERT: &str = "INSERT INTO {table}
-    (message_id, exchange, routing_key, payload, content_type, headers, available_at)
+    (message_id, exchange, routing_key, payload, content_type, headers, available_at,
+     ordering_key)
 VALUES (COALESCE($1::text, gen_random_uuid()::text), $2, $3, $4, $5, $6,
-        now() + $7::float8 * interval '1 millisecond')
+        now() + $7::float8 * interval '1 millisecond', $8)
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id, message_id";
 
 /// Inserts a group of messages in one statement, atomic on its own (no
 /// BEGIN / COMMIT round trips): the ingress's group commit. Same rules as
 /// [`INSERT`]; a message_id repeated within the group or already stored
-/// is stored once.
+/// is stored once. Rows are inserted in the arrays' order (`ORDER BY n`):
+/// a key's messages get their seqs (migration 0007) in that order.
 const INSERT_MANY: &str = "INSERT INTO {table}
-    (message_id, exchange, routing_key, payload, content_type, headers, available_at)
+    (message_id, exchange, routing_key, payload, content_type, headers, available_at,
+     ordering_key)
 SELECT COALESCE(m, gen_random_uuid()::text), e, r, p, c, h,
-       now() + d * interval '1 millisecond'
+       now() + d * interval '1 millisecond', k
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[],
-            $7::float8[]) AS u(m, e, r, p, c, h, d)
+            $7::float8[], $8::text[]) WITH ORDINALITY AS u(m, e, r, p, c, h, d, k, n)
+ORDER BY n
 ON CONFLICT (message_id) DO NOTHING";
 
 /// Counts by state, for `stats` and health reporting.
@@ -122,6 +169,24 @@ const BACKLOG: &str = "SELECT
         FILTER (WHERE available_at <= now() AND isfinite(created_at)))::float8, 0), 0)
 FROM {table}
 WHERE sent_at IS NULL AND dead_at IS NULL";
+
+/// Ordering keys held back by their head: the lowest-seq pending row of
+/// the key has failed at least once and is waiting for its retry, or is
+/// dead (a dead row does not hold its key back with `$1`,
+/// `--ordering-on-dead skip`). Counts them and gives the age of the oldest
+/// such head (`created_at`; an infinite one is left out). Reads keyed
+/// pending rows only, through `outbox_ordering_idx` (migration 0007): its
+/// cost follows the keyed backlog, and is nothing without keys.
+const ORDERING_BLOCKED: &str = "SELECT count(*),
+    COALESCE(GREATEST(EXTRACT(epoch FROM now() - min(o.created_at)
+        FILTER (WHERE isfinite(o.created_at)))::float8, 0), 0)
+FROM {table} AS o
+WHERE o.ordering_key IS NOT NULL AND o.sent_at IS NULL
+  AND ((o.dead_at IS NOT NULL AND NOT $1) OR (o.dead_at IS NULL AND o.attempts > 0))
+  AND NOT EXISTS (
+      SELECT 1 FROM {table} AS p
+      WHERE p.ordering_key = o.ordering_key AND p.ordering_seq < o.ordering_seq
+        AND p.sent_at IS NULL AND (p.dead_at IS NULL OR NOT $1))";
 
 /// Dead rows awaiting replay (what `dead` lists), through `outbox_dead_idx`.
 const DEAD_COUNT: &str =
@@ -167,6 +232,7 @@ pub struct Statements {
     pub stats: String,
     pub backlog: String,
     pub dead_count: String,
+    pub ordering_blocked: String,
     pub table_stats: String,
     pub find: String,
     pub list_dead: String,
@@ -192,6 +258,7 @@ impl Statements {
             stats: render(STATS),
             backlog: render(BACKLOG),
             dead_count: render(DEAD_COUNT),
+            ordering_blocked: render(ORDERING_BLOCKED),
             table_stats: TABLE_STATS.to_owned(),
             find: format!(
                 "SELECT {DESCRIBE_COLUMNS} FROM {table} WHERE message_id = $1 OR id = $2"

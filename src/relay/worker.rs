@@ -77,7 +77,10 @@ impl Looker {
     fn take(&self, worker: usize) -> bool {
         use std::sync::atomic::Ordering::AcqRel;
         let me = worker + 1;
-        match self.holder.compare_exchange(0, me, AcqRel, std::sync::atomic::Ordering::Acquire) {
+        match self
+            .holder
+            .compare_exchange(0, me, AcqRel, std::sync::atomic::Ordering::Acquire)
+        {
             Ok(_) => true,
             Err(holder) => holder == me,
         }

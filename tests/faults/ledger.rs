@@ -50,10 +50,49 @@ pub async fn produce_on(env: &TestEnv, producer: usize, rows: usize) -> Produced
 }
 
 async fn produce_one(table: String, queue: String, producer: usize, rows: usize) -> Produced {
+    produce_keyed(table, queue, producer, rows, 0).await
+}
+
+/// Like [`produce`], each row with one of `keys` ordering keys at random
+/// (0: none), a transaction's keys in order (migration 0007: opposite
+/// orders can deadlock).
+pub async fn produce_ordered(
+    env: &TestEnv,
+    producers: usize,
+    per_producer: usize,
+    keys: usize,
+) -> Produced {
+    let tasks: Vec<_> = (0..producers)
+        .map(|p| {
+            tokio::spawn(produce_keyed(
+                env.table(),
+                env.queue.clone(),
+                p,
+                per_producer,
+                keys,
+            ))
+        })
+        .collect();
+    let mut all = Produced::default();
+    for task in tasks {
+        let one = task.await.expect("producer panicked");
+        all.committed.extend(one.committed);
+        all.rolled_back.extend(one.rolled_back);
+    }
+    all
+}
+
+async fn produce_keyed(
+    table: String,
+    queue: String,
+    producer: usize,
+    rows: usize,
+    keys: usize,
+) -> Produced {
     let mut pg = pg_client().await;
     let sql = format!(
-        "INSERT INTO {table} (message_id, routing_key, payload, headers)
-         VALUES ($1, $2, convert_to($3, 'UTF8'), jsonb_build_object('producer', $4::int, 'seq', $5::int))"
+        "INSERT INTO {table} (message_id, routing_key, payload, headers, ordering_key)
+         VALUES ($1, $2, convert_to($3, 'UTF8'), jsonb_build_object('producer', $4::int, 'seq', $5::int), $6)"
     );
     let mut out = Produced::default();
     for (tx_no, chunk) in (0..rows)
@@ -63,12 +102,17 @@ async fn produce_one(table: String, queue: String, producer: usize, rows: usize)
     {
         let tx = pg.transaction().await.expect("begin");
         let mut ids = Vec::with_capacity(chunk.len());
-        for &seq in chunk {
+        let mut tx_keys: Vec<Option<String>> = chunk
+            .iter()
+            .map(|_| (keys > 0).then(|| format!("key{}", fastrand::usize(..keys))))
+            .collect();
+        tx_keys.sort();
+        for (&seq, key) in chunk.iter().zip(&tx_keys) {
             let id = uuid::Uuid::new_v4().to_string();
             let body = format!("p{producer}-{seq}");
             tx.execute(
                 &sql,
-                &[&id, &queue, &body, &(producer as i32), &(seq as i32)],
+                &[&id, &queue, &body, &(producer as i32), &(seq as i32), key],
             )
             .await
             .expect("insert");
@@ -91,6 +135,8 @@ async fn produce_one(table: String, queue: String, producer: usize, rows: usize)
 /// counted again.
 pub struct Consumer {
     seen: Arc<Mutex<HashMap<String, usize>>>,
+    /// Message ids in the order they were first seen.
+    first_seen: Arc<Mutex<Vec<String>>>,
     /// Deliveries taken, duplicates and redeliveries included.
     received: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -106,16 +152,18 @@ const QUIET: Duration = Duration::from_secs(1);
 impl Consumer {
     pub fn start(queue: &str) -> Self {
         let seen = Arc::new(Mutex::new(HashMap::new()));
+        let first_seen = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let task = tokio::spawn(consume_forever(
             queue.to_owned(),
-            seen.clone(),
+            Seen(seen.clone(), first_seen.clone()),
             received.clone(),
             stop.clone(),
         ));
         Self {
             seen,
+            first_seen,
             received,
             stop,
             task,
@@ -157,11 +205,21 @@ impl Consumer {
         // What the consumer did not take is still in the queue, not lost:
         // count it too (a consumer session the broker dropped without a
         // word must not turn into lost messages).
-        sweep(queue, &self.seen, &self.received).await;
+        let seen = Seen(self.seen.clone(), self.first_seen.clone());
+        sweep(queue, &seen, &self.received).await;
         let seen = self.seen.lock().await;
         seen.clone()
     }
+
+    /// The ids in the order they were first seen (so far).
+    pub fn first_seen(&self) -> Arc<Mutex<Vec<String>>> {
+        self.first_seen.clone()
+    }
 }
+
+/// What the consumer saw: counts by id, and ids in first-seen order.
+#[derive(Clone)]
+struct Seen(Arc<Mutex<HashMap<String, usize>>>, Arc<Mutex<Vec<String>>>);
 
 /// Messages ready in `queue`, or None while the broker is unreachable (or
 /// too busy starting to answer within [`SETUP_TIMEOUT`]).
@@ -199,7 +257,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn consume_forever(
     queue: String,
-    seen: Arc<Mutex<HashMap<String, usize>>>,
+    seen: Seen,
     received: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
@@ -237,11 +295,7 @@ async fn subscribe(queue: &str) -> Option<(Connection, Channel, lapin::Consumer)
 /// One connection's worth of consuming; returns when the connection fails.
 /// The connection is closed on the way out (also when the session is
 /// cancelled), so that deliveries it held unacked go back to the queue.
-async fn consume_session(
-    queue: &str,
-    seen: &Mutex<HashMap<String, usize>>,
-    received: &AtomicUsize,
-) {
+async fn consume_session(queue: &str, seen: &Seen, received: &AtomicUsize) {
     let Ok(Some((conn, channel, mut deliveries))) =
         tokio::time::timeout(SETUP_TIMEOUT, subscribe(queue)).await
     else {
@@ -281,15 +335,14 @@ async fn consume_session(
 
 /// Counts one delivery; a redelivery of a message already seen (its ack
 /// lost with a connection) is the broker's, not a duplicate of the relay's.
-async fn count(
-    seen: &Mutex<HashMap<String, usize>>,
-    received: &AtomicUsize,
-    delivery: &lapin::message::Delivery,
-) {
+async fn count(seen: &Seen, received: &AtomicUsize, delivery: &lapin::message::Delivery) {
     received.fetch_add(1, Ordering::Relaxed);
     let id = message_id(delivery);
-    let mut seen = seen.lock().await;
-    let count = seen.entry(id).or_insert(0);
+    let mut counts = seen.0.lock().await;
+    let count = counts.entry(id.clone()).or_insert(0);
+    if *count == 0 {
+        seen.1.lock().await.push(id);
+    }
     if !(delivery.redelivered && *count > 0) {
         *count += 1;
     }
@@ -312,7 +365,7 @@ impl Drop for Closing {
 
 /// Takes what is left in `queue` with `basic.get` on a new connection,
 /// acking each, until the queue answers empty.
-async fn sweep(queue: &str, seen: &Mutex<HashMap<String, usize>>, received: &AtomicUsize) {
+async fn sweep(queue: &str, seen: &Seen, received: &AtomicUsize) {
     let Ok(Ok(conn)) = tokio::time::timeout(
         SETUP_TIMEOUT,
         Connection::connect(AMQP_URL, ConnectionProperties::default()),

@@ -366,3 +366,71 @@ mod kill_points {
         .await;
     }
 }
+
+/// Ordering keys through faults: rows over 200 keys (and rows without
+/// one), three relays of which one is SIGKILLed repeatedly, then a broker
+/// restart. Besides the ledger's verdict (lost 0, duplicates bounded), for
+/// every key the order in which the consumer first saw its messages is the
+/// key's commit order (`ordering_seq`): a crash or a lost connection may
+/// send a key's rows again, never one before the row it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_keys_keep_their_order_through_kills_and_a_broker_restart() {
+    let _serial = SERVICES.lock().await;
+    let env = TestEnv::new("ordered_faults").await;
+    let started = std::time::Instant::now();
+    let produced = crate::ledger::produce_ordered(&env, 4, report::scaled(2_000), 200).await;
+    let consumer = crate::ledger::Consumer::start(&env.queue);
+    let first_seen = consumer.first_seen();
+    let keys: std::collections::HashMap<String, (String, i64)> = env
+        .pg
+        .query(
+            &format!(
+                "SELECT message_id, ordering_key, ordering_seq FROM {} WHERE ordering_key IS NOT NULL",
+                env.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let run = Run {
+        name: "ordered_faults",
+        env,
+        produced,
+        consumer,
+        started,
+    };
+    let steady = [
+        RelayChild::spawn(&run.env, &[], None),
+        RelayChild::spawn(&run.env, &[], None),
+    ];
+    let mut victim = RelayChild::spawn(&run.env, &[], None);
+    let mut sent = 0;
+    for _ in 0..kills() {
+        sent = run.progress(sent, some_rows()).await;
+        victim.kill9();
+        victim = RelayChild::spawn(&run.env, &[], None);
+    }
+    sent = run.progress(sent, some_rows()).await;
+    drop(BrokerStopped::stop());
+    run.progress(sent, 1).await;
+    run.verify(kills() + 1, WINDOW).await;
+    victim.terminate();
+    steady.into_iter().for_each(RelayChild::terminate);
+    let order = first_seen.lock().await;
+    let mut by_key: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for id in order.iter() {
+        if let Some((key, seq)) = keys.get(id) {
+            by_key.entry(key).or_default().push(*seq);
+        }
+    }
+    assert!(by_key.len() >= 190, "{} keys", by_key.len());
+    for (key, seqs) in &by_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} was first seen out of its commit order: {seqs:?}"
+        );
+    }
+}

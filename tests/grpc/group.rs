@@ -21,6 +21,7 @@ fn message(env: &TestEnv, i: usize, poisoned: bool) -> NewMessage {
         content_type: None,
         headers,
         delay: Duration::ZERO,
+        ordering_key: None,
     }
 }
 

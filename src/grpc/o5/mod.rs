@@ -118,6 +118,9 @@ impl Bridge {
             content_type: Some(content_type.to_owned()),
             delay: Duration::from_secs(message.delay_seconds.unsigned_abs().into()),
             payload,
+            // The topic call's `ordering-key` metadata, if any, is set by
+            // its caller (`raw.rs`).
+            ordering_key: None,
         })
     }
 

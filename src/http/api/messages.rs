@@ -14,6 +14,7 @@ use super::{ApiState, json};
 use crate::grpc::publisher::{check_route, parse_message_id};
 use crate::grpc::sink::admit;
 use crate::grpc::status::IngressError;
+use crate::outbox::check_ordering_key;
 use crate::outbox::{Inserted, Listed, MessageId, NewMessage, RowKey};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -131,6 +132,9 @@ struct Submitted {
     /// empty. A repeated one is stored once.
     message_id: Option<String>,
     delay_seconds: Option<i64>,
+    /// Messages with the same key are published in their commit order, one
+    /// at a time; 1 to 256 bytes. Absent: no key.
+    ordering_key: Option<String>,
 }
 
 impl Submitted {
@@ -162,7 +166,11 @@ impl Submitted {
             content_type: self.content_type.filter(|c| !c.is_empty()),
             headers: self.headers,
             delay,
+            ordering_key: self.ordering_key,
         };
+        if let Some(key) = &message.ordering_key {
+            check_ordering_key(key).map_err(IngressError::from)?;
+        }
         check_route(&message)?;
         // Stored, not published here: the envelope is only the check.
         admit(&mut message, api.broker.limits(api.max_message_size), 0)?;

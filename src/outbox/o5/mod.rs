@@ -215,6 +215,8 @@ impl O5Outbox {
             dead: dead.get(0),
             dead_tuples: vacuum.as_ref().map_or(0, |r| r.get(0)),
             last_autovacuum_epoch: vacuum.as_ref().map_or(0.0, |r| r.get(1)),
+            // An o5 table has no ordering keys.
+            blocked_keys: Default::default(),
         })
     }
 }

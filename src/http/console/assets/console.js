@@ -134,6 +134,10 @@
     setText('sent-minute', count(stats.rates.sent_last_minute) + ' in the last minute');
     setText('dead-count', count(stats.dead));
     $('dead-count').parentElement.classList.toggle('alert', stats.dead > 0);
+    const blocked = stats.ordering || { keys: 0, oldest_seconds: 0 };
+    setText('keys-blocked', count(blocked.keys));
+    setText('keys-blocked-since', blocked.keys > 0 ? 'oldest head ' + age(blocked.oldest_seconds) + ' old' : '');
+    $('keys-blocked').parentElement.classList.toggle('alert', blocked.keys > 0);
     drawChart(stats.rates.sent_per_minute || []);
     const rows = stats.top_pending.map((r) =>
       el('tr', {},
