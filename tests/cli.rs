@@ -1,8 +1,10 @@
 //! The `outbox-relay` binary as an operator runs it: signals, exit codes,
-//! configuration errors, migrations.
+//! configuration errors, migrations; what it says about itself
+//! (`packaging`).
 
 mod common;
 mod observe;
+mod packaging;
 mod secure;
 
 use common::*;

@@ -61,7 +61,7 @@ fn every_setting_the_deploy_files_use_is_one_the_binary_documents() {
         "deploy/k8s/secret.example.yaml",
     ] {
         for var in outbox_vars(&read(file)) {
-            // Read by the compiler (the commit in build_info), not by `run`.
+            // Read by build.rs (the commit of an image build without .git), not by `run`.
             if var == "OUTBOX_RELAY_COMMIT" {
                 continue;
             }

@@ -28,6 +28,15 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 use values::{parse_header, parse_queue_name};
 
+/// What `--version` prints after the name: the package's version and the
+/// commit the binary was built from (`build.rs`), e.g. `0.1.0 (3f2a9c41d0be)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OUTBOX_RELAY_BUILD_COMMIT"),
+    ")"
+);
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -40,7 +49,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Debug, Parser)]
 #[command(
     name = "outbox-relay",
-    version,
+    version = VERSION,
     propagate_version = true,
     args_override_self = true
 )]
