@@ -81,6 +81,11 @@ pub enum Command {
     /// Inspect, replay or purge the dead letters of a queue the relay
     /// delivers to the worker from (`<queue>.dead`).
     DeadQueue(DeadQueueArgs),
+    /// Print a shell completion script for these commands and flags.
+    Completions(crate::manual::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a
+    /// directory.
+    Man(crate::manual::ManArgs),
 }
 
 /// Logging, shared by every subcommand.

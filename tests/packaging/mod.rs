@@ -1,5 +1,7 @@
 //! What the binary says about itself, for packagers and operators: the
-//! commit in `--version`. (A module of the `cli` test binary.)
+//! commit in `--version`, the shell completions and the man pages, each
+//! checked by what reads it (git, bash, groff). (A module of the `cli` test
+//! binary.)
 
 use crate::BIN;
 use crate::common::commit::checked_out_commit;
@@ -24,4 +26,111 @@ fn the_version_names_the_commit_git_has_checked_out() {
         stdout_of(&["run", "--version"]),
         format!("outbox-relay-run {version}")
     );
+}
+
+/// What bash offers after `words` (the last one being completed), asking the
+/// function that `outbox-relay completions bash` registered for the command.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    const DRIVER: &str = r#"
+source "$1"; shift
+registered=$(complete -p outbox-relay) || exit 3
+function=$(sed -n 's/.*-F \([^ ]*\) .*/\1/p' <<<"$registered")
+COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 ))
+COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMPREPLY=()
+"$function" outbox-relay "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"#;
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", DRIVER, "bash"])
+        .arg(script)
+        .args(words)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "completing {words:?}: {out:?}");
+    let offered = String::from_utf8(out.stdout).unwrap();
+    offered.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn the_bash_completion_offers_the_subcommands_their_flags_and_values() {
+    let dir = tempdir("completion");
+    let script = dir.join("outbox-relay.bash");
+    std::fs::write(&script, stdout_of(&["completions", "bash"])).unwrap();
+    let commands = bash_completes(&script, &["outbox-relay", ""]);
+    for command in ["run", "migrate", "send", "dead-queue", "completions", "man"] {
+        assert!(
+            commands.iter().any(|c| c == command),
+            "{command}: {commands:?}"
+        );
+    }
+    assert_eq!(
+        bash_completes(&script, &["outbox-relay", "mi"]),
+        ["migrate"]
+    );
+    let mut batch = bash_completes(&script, &["outbox-relay", "run", "--batch-"]);
+    batch.sort();
+    assert_eq!(batch, ["--batch-max-bytes", "--batch-size"]);
+    let on_sent = bash_completes(&script, &["outbox-relay", "run", "--on-sent", ""]);
+    assert_eq!(on_sent, ["mark", "delete"]);
+    let mut queue = bash_completes(&script, &["outbox-relay", "dead-queue", ""]);
+    queue.retain(|w| !w.starts_with('-'));
+    assert_eq!(queue, ["list", "replay", "purge", "help"]);
+    let shells = bash_completes(&script, &["outbox-relay", "completions", ""]);
+    assert!(shells.iter().any(|s| s == "zsh"), "{shells:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The warnings groff gives rendering `page` as a man page (none: valid).
+fn groff_warnings(page: &std::path::Path) -> String {
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(page)
+        .output()
+        .expect("groff runs (groff-base: deploy/local/services.sh installs it)");
+    assert!(out.status.success(), "groff {}: {out:?}", page.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_man_pages_are_roff_for_every_command_that_groff_renders_cleanly() {
+    use clap::CommandFactory;
+    let main = stdout_of(&["man"]);
+    assert!(main.contains("\n.TH outbox-relay 1 "), "{main}");
+    assert!(
+        main.contains("outbox\\-relay\\-run(1)"),
+        "lists the run page"
+    );
+
+    let dir = tempdir("man");
+    stdout_of(&["man", "--out-dir", dir.to_str().unwrap()]);
+    let cli = outbox_relay::config::Cli::command();
+    let mut pages = vec!["outbox-relay".to_owned()];
+    for sub in cli.get_subcommands() {
+        pages.push(format!("outbox-relay-{}", sub.get_name()));
+        for nested in sub.get_subcommands() {
+            let name = format!("outbox-relay-{}-{}", sub.get_name(), nested.get_name());
+            pages.push(name);
+        }
+    }
+    for name in &pages {
+        let page = dir.join(format!("{name}.1"));
+        let roff = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{name}.1: {e}"));
+        assert!(
+            roff.contains(&format!("\n.TH {name} 1 ")),
+            "{name}.1 has no .TH"
+        );
+        assert_eq!(groff_warnings(&page), "", "{name}.1");
+    }
+    // The options name their environment variables, as --help does.
+    let run = std::fs::read_to_string(dir.join("outbox-relay-run.1")).unwrap();
+    assert!(run.contains("OUTBOX_BATCH_SIZE"), "{run}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fresh directory of this test's own.
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("outbox-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
