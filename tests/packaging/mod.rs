@@ -134,3 +134,66 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+fn read(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_license_file_is_the_full_apache_2_text_cargo_toml_names() {
+    assert!(read("Cargo.toml").contains("\nlicense = \"Apache-2.0\"\n"));
+    let license = read("LICENSE");
+    for part in [
+        "Apache License\n                           Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ] {
+        assert!(license.contains(part), "LICENSE lacks {part:?}");
+    }
+    // The whole text, not an excerpt: the license is 11,358 bytes.
+    assert!(license.len() > 11_000, "{} bytes", license.len());
+}
+
+/// Every migration file, as `sql/NNNN_name.sql` and `sql/o5/...`.
+fn migration_files() -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in ["sql", "sql/o5"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for entry in std::fs::read_dir(path).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sql") {
+                files.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_changelog_says_what_every_migration_locks_and_in_which_order_to_roll_it() {
+    let changelog = read("CHANGELOG.md");
+    let files = migration_files();
+    assert!(files.len() >= 7, "{files:?}");
+    for file in files {
+        // The relay's own migrations are headed by their file name, the
+        // o5 ones by their path (their numbers start again at 0001).
+        let name = file.strip_prefix("sql/").unwrap();
+        let heading = if name.contains('/') {
+            format!("\n### `{file}`")
+        } else {
+            format!("\n### `{name}`")
+        };
+        let at = changelog
+            .find(&heading)
+            .unwrap_or_else(|| panic!("CHANGELOG.md has no upgrade notes for {file}"));
+        let section = &changelog[at + heading.len()..];
+        let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+        for part in ["- **Changes**:", "- **Locks**:", "- **Order**:"] {
+            assert!(section.contains(part), "{file}: no {part:?} in its notes");
+        }
+    }
+}
