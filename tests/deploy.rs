@@ -2,9 +2,11 @@
 //! `OUTBOX_*` setting they use is one the binary documents, the ConfigMap's
 //! values pass the relay's own validation, and the pod's grace period
 //! outlasts the relay's shutdown timeout. The Dockerfile's checks are in
-//! `image`. (No Docker engine runs here; this is what can be checked without
-//! one.)
+//! `image` (no Docker engine runs here: this is what can be checked without
+//! one), the Helm chart's in `chart` (with helm, which
+//! `deploy/local/check-deploy.sh` installs).
 
+mod chart;
 mod image;
 
 use std::collections::BTreeMap;
