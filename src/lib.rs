@@ -17,6 +17,7 @@
 //! | [`health`] | the workers' own health: last iteration, systemic fault, panics and restarts |
 //! | [`app`] | `App::build(config)` / `run_until_stopped(CancellationToken)`: wires the parts |
 //! | [`commands`] | one-shot subcommands: `migrate`, `send`, `stats`, `show`, `dead`, `replay`, `tail`, `dead-queue` |
+//! | [`manual`] | the command line's completion scripts and man pages (`completions`, `man`), generated from the clap definition |
 //! | [`metrics`] | the Prometheus registry: the relay's counters and histograms (cheap label handles), the table's gauges refreshed in the background, what health and the broker count read at scrape time |
 //! | [`http`] | the HTTP port: `/livez`, `/readyz`, `/metrics` (axum); `http::api`, the JSON API under `/api` (handlers, the OpenAPI document); the console at `/` (`console/`: the embedded page, its login); admission of both (`auth.rs`: token, loopback, same-origin, CSRF) and the console's sessions (`session.rs`) |
 //! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups; an o5 application's table (`outbox::o5`: its shape, claim and SQL) |
@@ -50,6 +51,7 @@ pub mod destination;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod manual;
 pub mod metrics;
 pub mod outbox;
 pub mod proto;

@@ -3,7 +3,7 @@
 //! including proto services the gRPC ingress cannot serve).
 
 use outbox_relay::config::{Cli, Command};
-use outbox_relay::{App, commands, telemetry};
+use outbox_relay::{App, commands, manual, telemetry};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Replay(args) => commands::replay_cmd(&args).await,
         Command::Tail(args) => commands::tail_cmd(&args).await,
         Command::DeadQueue(args) => commands::dead_queue_cmd(&args).await,
+        Command::Completions(args) => manual::completions_cmd(&args),
+        Command::Man(args) => manual::man_cmd(&args),
     }
 }
 

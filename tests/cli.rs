@@ -1,8 +1,10 @@
 //! The `outbox-relay` binary as an operator runs it: signals, exit codes,
-//! configuration errors, migrations.
+//! configuration errors, migrations; what it says about itself
+//! (`packaging`).
 
 mod common;
 mod observe;
+mod packaging;
 mod secure;
 
 use common::*;
@@ -531,7 +533,7 @@ async fn migration_0004_keeps_every_row_and_makes_message_id_text() {
     );
     let again = pg.execute(&insert, &[&given.to_string()]).await.unwrap();
     assert_eq!(again, 0, "a repeated id is stored once");
-    // As the README says: a uuid::Uuid no longer binds to the column (the
+    // As CHANGELOG.md says: a uuid::Uuid no longer binds to the column (the
     // client checks it against the inferred type); `$1::uuid` still works.
     let e = pg.execute(&insert, &[&given]).await.unwrap_err();
     let cause = std::error::Error::source(&e).map(ToString::to_string);

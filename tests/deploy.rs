@@ -1,10 +1,13 @@
 //! The container image and Kubernetes manifests agree with the binary: every
 //! `OUTBOX_*` setting they use is one the binary documents, the ConfigMap's
-//! values pass the relay's own validation, the pod's grace period outlasts
-//! the relay's shutdown timeout, and the Dockerfile copies what exists and
-//! everything the build reads (`build.rs` compiles `proto/` and
-//! `tests/proto/`), none of it left out by `.dockerignore`.
-//! (No Docker engine runs here; this is what can be checked without one.)
+//! values pass the relay's own validation, and the pod's grace period
+//! outlasts the relay's shutdown timeout. The Dockerfile's checks are in
+//! `image` (no Docker engine runs here: this is what can be checked without
+//! one), the Helm chart's in `chart` (with helm, which
+//! `deploy/local/check-deploy.sh` installs).
+
+mod chart;
+mod image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,7 +64,7 @@ fn every_setting_the_deploy_files_use_is_one_the_binary_documents() {
         "deploy/k8s/secret.example.yaml",
     ] {
         for var in outbox_vars(&read(file)) {
-            // Read by the compiler (the commit in build_info), not by `run`.
+            // Read by build.rs (the commit of an image build without .git), not by `run`.
             if var == "OUTBOX_RELAY_COMMIT" {
                 continue;
             }
@@ -161,202 +164,4 @@ fn the_probes_and_the_scrape_target_are_the_port_the_configmap_opens() {
     );
     let podmonitor = read("deploy/k8s/podmonitor.yaml");
     assert!(podmonitor.contains("port: metrics"));
-}
-
-#[test]
-fn the_dockerfile_copies_what_exists_and_runs_the_binary() {
-    let dockerfile = read("deploy/Dockerfile");
-    for line in dockerfile
-        .lines()
-        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
-    {
-        for source in copy_sources(line) {
-            if source != "." {
-                assert!(
-                    Path::new(ROOT).join(source).exists(),
-                    "{line}: {source} missing"
-                );
-            }
-        }
-    }
-    assert!(dockerfile.contains("--bin outbox-relay"));
-    assert!(dockerfile.contains("\"/usr/local/bin/outbox-relay\"]"));
-    let ignore = read(".dockerignore");
-    assert!(
-        ignore.lines().any(|l| l.trim() == "target"),
-        "the build context leaves out target/"
-    );
-}
-
-/// What `cargo build --bin outbox-relay` reads besides the registry:
-/// `build.rs` compiles the contract in `proto/` and the test protos in
-/// `tests/proto/`, and the migrations in `sql/` are compiled in.
-const BUILD_INPUTS: &[&str] = &[
-    "Cargo.toml",
-    "Cargo.lock",
-    "build.rs",
-    "src",
-    "sql",
-    "proto",
-    "tests/proto",
-];
-
-#[test]
-fn the_dockerfile_builder_stage_gets_every_build_input() {
-    let dockerfile = read("deploy/Dockerfile");
-    let builder = dockerfile_stages(&dockerfile)
-        .into_iter()
-        .next()
-        .expect("a FROM line");
-    let copied: Vec<&str> = builder
-        .lines()
-        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
-        .flat_map(copy_sources)
-        .collect();
-    let ignore = read(".dockerignore");
-    let patterns = dockerignore_patterns(&ignore);
-    for input in BUILD_INPUTS {
-        assert!(
-            Path::new(ROOT).join(input).exists(),
-            "{input} is listed as a build input but does not exist: update BUILD_INPUTS"
-        );
-        assert!(
-            copied.iter().any(|source| copies(source, input)),
-            "the Dockerfile's builder stage does not COPY {input} (it copies {copied:?}), \
-             which `cargo build` needs"
-        );
-        for file in files_under(input) {
-            assert!(
-                !ignored(&patterns, &file),
-                ".dockerignore leaves {file} out of the build context, which `cargo build` needs"
-            );
-        }
-    }
-}
-
-#[test]
-fn the_dockerignore_check_follows_dockers_rules() {
-    let topics = "tests/proto/test/v1/topics.proto";
-    let publisher = "proto/outbox/v1/publisher.proto";
-    let leaves_out = |ignore: &str, path: &str| ignored(&dockerignore_patterns(ignore), path);
-    assert!(leaves_out("tests", topics));
-    assert!(!leaves_out("tests\n!tests/proto", topics));
-    assert!(leaves_out("tests\n!tests/proto", "tests/cli.rs"));
-    assert!(leaves_out("# comment\n/proto/", publisher));
-    assert!(leaves_out("**/*.proto", publisher));
-    assert!(leaves_out("tests/*/*/v1", topics));
-    assert!(!leaves_out("tests/*/v1", topics));
-    assert!(leaves_out("build.r?", "build.rs"));
-    assert!(!leaves_out("target\n**/*.profraw", "build.rs"));
-    assert!(copies(".", "tests/proto") && copies("./tests/", "tests/proto"));
-    assert!(!copies("tests/protos", "tests/proto") && !copies("proto", "tests/proto"));
-}
-
-/// The sources of a `COPY` line: its words but the instruction, flags such
-/// as `--chown=...`, and the destination.
-fn copy_sources(line: &str) -> Vec<&str> {
-    let words: Vec<&str> = line
-        .split_whitespace()
-        .skip(1)
-        .filter(|w| !w.starts_with("--"))
-        .collect();
-    words[..words.len().saturating_sub(1)].to_vec()
-}
-
-/// The Dockerfile's stages, each from its `FROM` line to the next.
-fn dockerfile_stages(dockerfile: &str) -> Vec<String> {
-    let mut stages: Vec<String> = Vec::new();
-    for line in dockerfile.lines() {
-        if line.trim_start().to_ascii_uppercase().starts_with("FROM ") {
-            stages.push(String::new());
-        }
-        if let Some(stage) = stages.last_mut() {
-            stage.push_str(line);
-            stage.push('\n');
-        }
-    }
-    stages
-}
-
-/// Whether copying `source` (relative to the context) brings `path` along.
-fn copies(source: &str, path: &str) -> bool {
-    let source = clean(source);
-    source.is_empty() || path == source || path.starts_with(&format!("{source}/"))
-}
-
-/// `path` without `./` in front and `/` at either end; `.` becomes empty.
-fn clean(path: &str) -> &str {
-    let path = path.trim();
-    let path = path.strip_prefix("./").unwrap_or(path);
-    let path = path.trim_matches('/');
-    if path == "." { "" } else { path }
-}
-
-/// `.dockerignore` lines as (re-include?, pattern segments).
-fn dockerignore_patterns(text: &str) -> Vec<(bool, Vec<String>)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| match l.strip_prefix('!') {
-            Some(rest) => (true, rest.trim()),
-            None => (false, l),
-        })
-        .map(|(negated, p)| {
-            let segments = clean(p)
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned);
-            (negated, segments.collect())
-        })
-        .filter(|(_, segments): &(bool, Vec<String>)| !segments.is_empty())
-        .collect()
-}
-
-/// Docker's rule: the last pattern that matches the path, or one of its
-/// parent directories, decides; a `!` pattern takes the path back in.
-fn ignored(patterns: &[(bool, Vec<String>)], path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').collect();
-    let mut ignored = false;
-    for (negated, pattern) in patterns {
-        let pattern: Vec<&str> = pattern.iter().map(String::as_str).collect();
-        if (1..=segments.len()).any(|n| glob(&pattern, &segments[..n])) {
-            ignored = !negated;
-        }
-    }
-    ignored
-}
-
-/// Path segments against pattern segments: `**` spans any number of
-/// segments, `*` and `?` stay within one.
-fn glob(pattern: &[&str], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| glob(rest, &path[skip..])),
-        Some((first, rest)) => path.split_first().is_some_and(|(name, tail)| {
-            segment(first.as_bytes(), name.as_bytes()) && glob(rest, tail)
-        }),
-    }
-}
-
-fn segment(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| segment(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && segment(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && segment(rest, &name[1..]),
-    }
-}
-
-/// `input` if it is a file, else every file below it, relative to the root.
-fn files_under(input: &str) -> Vec<String> {
-    let path = Path::new(ROOT).join(input);
-    if !path.is_dir() {
-        return vec![input.to_owned()];
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&path).unwrap_or_else(|e| panic!("{input}: {e}")) {
-        let name = entry.unwrap().file_name();
-        files.extend(files_under(&format!("{input}/{}", name.to_string_lossy())));
-    }
-    files
 }

@@ -10,7 +10,8 @@
 #     restart of PostgreSQL the first time, none once it is loaded,
 #   - installs PgBouncer (the pooler test runs its own instance) and
 #     promtool (apt's prometheus package, for the metrics checks),
-#   - installs headless Chromium and chromedriver (the console's browser test),
+#   - installs headless Chromium and chromedriver (the console's browser test)
+#     and groff (the man page test),
 #   - prepares TLS on both services for the TLS tests (tls.sh).
 # Idempotent: when everything is up it only checks, in well under a second.
 set -euo pipefail
@@ -160,6 +161,11 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
+# groff renders the man pages in their test (`outbox-relay man`).
+ensure_groff() {
+  command -v groff >/dev/null 2>&1 || apt_install groff-base
+}
+
 # Chromium and its WebDriver for the console's test in a real browser
 # (tests/console/: the test starts /usr/bin/chromedriver itself).
 ensure_chromium() {
@@ -172,6 +178,7 @@ ensure_postgres
 ensure_rabbitmq
 ensure_pgbouncer
 ensure_promtool
+ensure_groff
 ensure_chromium
 # Real TLS for both services (test CA, certificates, listeners): tls.sh.
 "$(dirname "$0")/tls.sh"

@@ -30,6 +30,15 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 use values::{parse_header, parse_ordering_key, parse_queue_name};
 
+/// What `--version` prints after the name: the package's version and the
+/// commit the binary was built from (`build.rs`), e.g. `0.1.0 (3f2a9c41d0be)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OUTBOX_RELAY_BUILD_COMMIT"),
+    ")"
+);
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -42,7 +51,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Debug, Parser)]
 #[command(
     name = "outbox-relay",
-    version,
+    version = VERSION,
     propagate_version = true,
     args_override_self = true
 )]
@@ -74,6 +83,11 @@ pub enum Command {
     /// Inspect, replay or purge the dead letters of a queue the relay
     /// delivers to the worker from (`<queue>.dead`).
     DeadQueue(DeadQueueArgs),
+    /// Print a shell completion script for these commands and flags.
+    Completions(crate::manual::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a
+    /// directory.
+    Man(crate::manual::ManArgs),
 }
 
 /// Logging, shared by every subcommand.

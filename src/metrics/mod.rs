@@ -52,11 +52,9 @@ pub const DEFAULT_EXCHANGE: &str = "amq.default";
 /// How often the table's gauges are refreshed.
 pub const TABLE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
-/// The commit the binary was built from, when the build said so.
-const COMMIT: &str = match option_env!("OUTBOX_RELAY_COMMIT") {
-    Some(commit) => commit,
-    None => "unknown",
-};
+/// The commit the binary was built from (`build.rs`: git, else the
+/// build's `OUTBOX_RELAY_COMMIT`, else `unknown`).
+const COMMIT: &str = env!("OUTBOX_RELAY_BUILD_COMMIT");
 
 /// Why a message was not confirmed: the `reason` label of
 /// `outbox_relay_messages_failed_total`.

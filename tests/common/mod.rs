@@ -2,6 +2,7 @@
 //! queue and exchange names, and waits on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod commit;
 pub mod descriptors;
 pub mod grpc;
 pub mod proxy;

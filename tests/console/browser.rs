@@ -1,97 +1,19 @@
 //! The console in a real browser: headless Chromium driven over WebDriver
 //! (`/usr/bin/chromedriver`, installed by `deploy/local/services.sh`). The
 //! test logs in, reads the overview and its chart, finds a relayed message
-//! by its message_id, sees a dead letter with its error and replays it
-//! with the page's button until it arrives on a queue. It saves what the
+//! by its message_id, follows links to that search (`deeplink`), sees a
+//! dead letter with its error and replays it with the page's button until
+//! it arrives on a queue. It saves what the
 //! browser showed to `target/console.png` (and a message's detail and the
 //! phone-width layout to `target/console-detail.png`, `-phone.png`).
 
+use super::webdriver::*;
 use super::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use futures::FutureExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use tokio::time::Instant;
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// A desktop window, and a phone's (an iPhone 12-15's CSS pixels).
-const DESKTOP: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-/// A window tall enough for the whole page, for the screenshot.
-const TALL: u32 = 1100;
-
-/// A chromedriver this test started, in a process group of its own: the
-/// group (chromedriver and the browsers it started) is killed when this is
-/// dropped, also when the test fails.
-struct Driver {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Driver {
-    async fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{CHROMEDRIVER}: {e} (deploy/local/services.sh installs chromium-driver)")
-            });
-        let driver = Self {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-        };
-        let listening = wait_until(WITHIN, || async {
-            tokio::net::TcpStream::connect(driver.addr).await.is_ok()
-        })
-        .await;
-        assert!(listening, "chromedriver did not listen on {}", driver.addr);
-        driver
-    }
-
-    /// A headless Chromium session.
-    async fn browser(&self) -> Client {
-        let options = serde_json::json!({
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
-            ],
-        });
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert("goog:chromeOptions".to_owned(), options);
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://{}", self.addr))
-            .await
-            .expect("a Chromium session through chromedriver")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The group this test made: chromedriver and what it started.
-        let group = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a process group id this test created.
-        unsafe {
-            libc::kill(-group, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn the_console_shows_a_sent_message_and_replays_a_dead_one_in_a_real_browser() {
@@ -122,7 +44,8 @@ async fn walk_through(env: &TestEnv, relay: &Running, browser: &Client) {
     let base = format!("http://{}", relay.http.expect("the HTTP port listens"));
     let earlier = sent_over_the_last_hour(env).await;
     log_in_and_see_the_overview(browser, &base).await;
-    find_a_relayed_message(env, browser, earlier).await;
+    let sent_id = find_a_relayed_message(env, browser, earlier).await;
+    deeplink::follow_links_to_a_search(browser, &base, &sent_id).await;
     replay_a_dead_letter(env, browser).await;
     fit_a_phone(browser).await;
 }
@@ -165,7 +88,7 @@ async fn log_in_and_see_the_overview(browser: &Client, base: &str) {
 
 /// A message the relay sends is found by its message_id, with its times,
 /// and counted in the chart; its detail shows the payload.
-async fn find_a_relayed_message(env: &TestEnv, browser: &Client, earlier: i64) {
+async fn find_a_relayed_message(env: &TestEnv, browser: &Client, earlier: i64) -> String {
     let sql = format!(
         "INSERT INTO {} (routing_key, payload, content_type) VALUES ($1, '{{\"order\": 42}}', 'application/json') RETURNING message_id::text",
         env.table()
@@ -200,11 +123,12 @@ async fn find_a_relayed_message(env: &TestEnv, browser: &Client, earlier: i64) {
     }
     assert_eq!((bars.len(), total), (59, earlier + 1), "one bar a minute");
 
-    click(browser, &format!("{row} button.link")).await;
+    click(browser, &format!("{row} a.link")).await;
     let payload = text_when(browser, "#detail-payload", |t| !t.is_empty()).await;
     assert!(payload.contains("\"order\": 42"), "{payload}");
     save_screenshot(browser, "console-detail.png").await;
     click(browser, "#detail-close").await;
+    sent_id
 }
 
 /// A row to an exchange that does not exist dies after one attempt and is
@@ -285,79 +209,4 @@ async fn fit_a_phone(browser: &Client) {
         .unwrap();
     assert_eq!(overflow.as_i64(), Some(0), "the page fits a phone's width");
     save_screenshot(browser, "console-phone.png").await;
-}
-
-async fn click(browser: &Client, css: &str) {
-    browser
-        .wait()
-        .at_most(WITHIN)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
-}
-
-async fn text(browser: &Client, css: &str) -> String {
-    let element = browser.find(Locator::Css(css)).await;
-    element
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-}
-
-/// The text of `css` once `done` holds for it (the page refreshes itself
-/// every 5 s), within [`WITHIN`].
-async fn text_when(browser: &Client, css: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WITHIN;
-    let mut last = None;
-    loop {
-        if let Ok(element) = browser.find(Locator::Css(css)).await
-            && let Ok(shown) = element.text().await
-        {
-            if done(&shown) {
-                return shown;
-            }
-            last = Some(shown);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{css} did not show what was expected within {WITHIN:?}; last shown: {last:?}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
-/// Waits until no element matches `css`.
-async fn gone(browser: &Client, css: &str) {
-    let removed = wait_until(WITHIN, || async {
-        browser
-            .find_all(Locator::Css(css))
-            .await
-            .is_ok_and(|found| found.is_empty())
-    })
-    .await;
-    assert!(removed, "{css} is still shown after {WITHIN:?}");
-}
-
-/// `YYYY-MM-DD HH:MM:SS`, as the console shows times.
-fn is_local_time(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 19
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            4 | 7 => *b == b'-',
-            10 => *b == b' ',
-            13 | 16 => *b == b':',
-            _ => b.is_ascii_digit(),
-        })
-}
-
-/// Saves what the browser shows to `target/<name>`.
-async fn save_screenshot(browser: &Client, name: &str) {
-    let png = browser.screenshot().await.expect("a screenshot");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(name), png).unwrap();
 }

@@ -4,7 +4,9 @@
 //! `relay` test binary, so that it links once.)
 
 mod browser;
+mod deeplink;
 mod login;
+mod webdriver;
 
 use crate::common::*;
 use std::net::SocketAddr;

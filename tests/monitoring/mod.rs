@@ -185,8 +185,13 @@ async fn metrics_count_exactly_the_rows_sent_dead_lettered_and_returned() {
         m.get("outbox_relay_table_last_autovacuum_timestamp_seconds", &[])
             .is_some()
     );
-    let version = [("version", env!("CARGO_PKG_VERSION"))];
-    assert_eq!(m.get("outbox_relay_build_info", &version), Some(1.0));
+    // The commit is the one checked out (build.rs asks git), not `unknown`.
+    let commit = commit::checked_out_commit();
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", commit.as_str()),
+    ];
+    assert_eq!(m.get("outbox_relay_build_info", &build), Some(1.0));
 
     let open = relay
         .get(

@@ -15,13 +15,17 @@
 //! - payloads and every other value of a row are data: the script writes
 //!   them as text nodes only, and the Content-Security-Policy allows no
 //!   inline script, no other origin and no framing (a Replay button cannot
-//!   be clickjacked).
+//!   be clickjacked);
+//! - a search is a URL (`/?message_id=...`): the page does it on load, and a
+//!   link to it survives the login, which carries the search filters, and
+//!   nothing else, from `/?...` to `/login?...` and back (no redirect
+//!   elsewhere can ride along).
 
 use super::auth::{self, Gate};
 use super::session;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +35,19 @@ use std::sync::Arc;
 const INDEX: &str = include_str!("assets/index.html");
 const LOGIN: &str = include_str!("assets/login.html");
 const STYLE: &str = include_str!("assets/console.css");
+const COMMON: &str = include_str!("assets/common.js");
 const SCRIPT: &str = include_str!("assets/console.js");
+
+/// The page's search filters, the names of the API's list filters: what a
+/// deep link carries through the login.
+const FILTERS: &[&str] = &[
+    "message_id",
+    "routing_key",
+    "exchange",
+    "state",
+    "since",
+    "until",
+];
 
 /// The largest login form read: a token, not a document.
 const LOGIN_BODY: usize = 4096;
@@ -51,15 +67,16 @@ pub(crate) fn router(gate: Arc<Gate>) -> Router {
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/console/console.css", get(style))
+        .route("/console/common.js", get(common))
         .route("/console/console.js", get(script))
         .with_state(gate)
 }
 
-async fn page(State(gate): Shared, headers: HeaderMap) -> Response {
+async fn page(State(gate): Shared, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     match gate.sessions() {
         Some(sessions) => match sessions.find(&headers) {
             Some(session) => html(StatusCode::OK, &index(&sessions.csrf(session), "token")),
-            None => see_other("/login"),
+            None => see_other(&format!("/login{}", search(query.as_deref()))),
         },
         None => match auth::loopback_host(&headers) {
             Ok(()) => html(StatusCode::OK, &index("", "loopback")),
@@ -76,34 +93,76 @@ fn index(csrf: &str, admitted: &str) -> String {
         .replace("{{admitted}}", admitted)
 }
 
-/// The login page with `error` (one of this module's fixed sentences).
-fn login_page(status: StatusCode, error: &'static str) -> Response {
-    html(status, &LOGIN.replace("{{error}}", error))
+/// `?<filters>` of `query`, re-encoded, or nothing when it has none: only
+/// the page's own search parameters pass, so what rides along through the
+/// login is a search, never a path or a markup fragment.
+fn search(query: Option<&str>) -> String {
+    let mut kept = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if FILTERS.contains(&name.as_ref()) {
+            kept.append_pair(&name, &value);
+            any = true;
+        }
+    }
+    if any {
+        format!("?{}", kept.finish())
+    } else {
+        String::new()
+    }
 }
 
-async fn login_form(State(gate): Shared, headers: HeaderMap) -> Response {
+/// The login page with `error` (one of this module's fixed sentences),
+/// posting to `/login` with the search `search` to return to.
+fn login_page(status: StatusCode, error: &'static str, search: &str) -> Response {
+    html(status, &login_html(error, search))
+}
+
+fn login_html(error: &str, search: &str) -> String {
+    // Form encoding leaves `&` as the only character to escape in an
+    // attribute.
+    let action = format!("/login{}", search.replace('&', "&amp;"));
+    LOGIN
+        .replace("{{error}}", error)
+        .replace("{{action}}", &action)
+}
+
+async fn login_form(
+    State(gate): Shared,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let search = search(query.as_deref());
     match gate.sessions() {
-        Some(sessions) if sessions.find(&headers).is_none() => login_page(StatusCode::OK, ""),
+        Some(sessions) if sessions.find(&headers).is_none() => {
+            login_page(StatusCode::OK, "", &search)
+        }
         // Logged in already, or no token (then there is nothing to log into).
-        _ => see_other("/"),
+        _ => see_other(&format!("/{search}")),
     }
 }
 
 async fn login(
     State(gate): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let search = search(query.as_deref());
     let Some(sessions) = gate.sessions() else {
-        return see_other("/");
+        return see_other(&format!("/{search}"));
     };
     // Another site cannot log a browser into its own session here.
     if let Err(refused) = auth::same_origin(&headers) {
         return refused.into_response();
     }
     let Ok(form) = axum::body::to_bytes(body, LOGIN_BODY).await else {
-        return login_page(StatusCode::PAYLOAD_TOO_LARGE, "That form is too large.");
+        return login_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "That form is too large.",
+            &search,
+        );
     };
     let token = url::form_urlencoded::parse(&form)
         .find(|(name, _)| name == "token")
@@ -118,7 +177,11 @@ async fn login(
     };
     if !right {
         tracing::warn!(action = "login", %peer, "console: login refused (not the admin token)");
-        return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "That is not the admin token.",
+            &search,
+        );
     }
     let value = match sessions.issue() {
         Ok(value) => value,
@@ -127,6 +190,7 @@ async fn login(
             return login_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "No session could be made.",
+                &search,
             );
         }
     };
@@ -134,7 +198,7 @@ async fn login(
     // Secure only when a proxy says the browser used HTTPS: the port itself
     // speaks plain HTTP, over which a Secure cookie would never come back.
     let cookie = session::set_cookie(&value, session::over_tls(&headers));
-    with_cookie(see_other("/"), &cookie)
+    with_cookie(see_other(&format!("/{search}")), &cookie)
 }
 
 /// Ends the session in the browser (the value stays valid until it
@@ -159,6 +223,10 @@ async fn logout(
 
 async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn common() -> Response {
+    asset("text/javascript; charset=utf-8", COMMON)
 }
 
 async fn script() -> Response {
@@ -195,12 +263,13 @@ fn html(status: StatusCode, body: &str) -> Response {
     response
 }
 
-fn see_other(location: &'static str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        [(header::LOCATION, HeaderValue::from_static(location))],
-    )
-        .into_response()
+/// A redirect to `location`: a path of this module's, with at most a
+/// re-encoded search ([`search`]), so always a valid header value.
+fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 fn with_cookie(mut response: Response, cookie: &str) -> Response {
@@ -223,13 +292,32 @@ mod tests {
         let page = index("abc_-123", "token");
         assert!(page.contains(r#"<meta name="csrf-token" content="abc_-123">"#));
         assert!(!page.contains("{{"));
-        assert!(!LOGIN.replace("{{error}}", "").contains("{{"));
-        for asset in [INDEX, LOGIN, STYLE, SCRIPT] {
+        assert!(!login_html("", "").contains("{{"));
+        assert!(login_html("", "").contains(r#"action="/login""#));
+        for asset in [INDEX, LOGIN, STYLE, COMMON, SCRIPT] {
             // The SVG namespace is a name, not a fetch.
             let asset = asset.replace("http://www.w3.org/2000/svg", "");
             assert!(!asset.contains("http://"), "no absolute URLs");
             assert!(!asset.contains("https://"), "no absolute URLs");
         }
-        assert!(!SCRIPT.contains("innerHTML"), "data is written as text");
+        for script in [COMMON, SCRIPT] {
+            assert!(!script.contains("innerHTML"), "data is written as text");
+        }
+    }
+
+    #[test]
+    fn only_the_search_filters_ride_along_through_the_login_re_encoded() {
+        assert_eq!(search(None), "");
+        assert_eq!(search(Some("")), "");
+        assert_eq!(search(Some("next=//evil.example&x=1")), "");
+        assert_eq!(
+            search(Some("message_id=a%20b%26c&next=/x&state=dead")),
+            "?message_id=a+b%26c&state=dead"
+        );
+        // A value cannot break out of the form's action attribute.
+        let search = search(Some("exchange=\"><b>&state=sent"));
+        assert_eq!(search, "?exchange=%22%3E%3Cb%3E&state=sent");
+        let page = login_html("", &search);
+        assert!(page.contains(r#"action="/login?exchange=%22%3E%3Cb%3E&amp;state=sent""#));
     }
 }

@@ -1,128 +1,16 @@
 // The outbox-relay console: reads the JSON API of its own origin and
 // writes every value it shows as text (textContent, text nodes), never as
-// markup: payloads, headers, names and errors are data.
+// markup: payloads, headers, names and errors are data. The search lives
+// in the URL (`/?message_id=...`, the API's filter names): a link to it
+// opens the page with that search done, each search is a history entry,
+// and a message's link is the search for its message_id.
 'use strict';
 
 (function () {
   const REFRESH_MS = 5000;
   const DEAD_SHOWN = 20;
-  const SVG = 'http://www.w3.org/2000/svg';
-  const csrf = document.querySelector('meta[name="csrf-token"]').content;
-  const admitted = document.body.dataset.admitted;
-  const $ = (id) => document.getElementById(id);
-
-  // ---- the API --------------------------------------------------------
-
-  class ApiError extends Error {
-    constructor(status, message) {
-      super(message);
-      this.status = status;
-    }
-  }
-
-  // One API call; writes carry the session's CSRF token. 401 with a
-  // session means it ended: back to the login.
-  async function api(method, path) {
-    const headers = { Accept: 'application/json' };
-    const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
-    if (method !== 'GET') {
-      headers['Content-Type'] = 'application/json';
-      if (csrf) headers['X-CSRF-Token'] = csrf;
-      init.body = '';
-    }
-    const response = await fetch(path, init);
-    if (response.status === 401 && admitted === 'token') {
-      window.location.assign('/login');
-      throw new ApiError(401, 'the session ended; log in again');
-    }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (_) {
-      body = null;
-    }
-    return { status: response.status, ok: response.ok, body };
-  }
-
-  async function apiOk(method, path) {
-    const reply = await api(method, path);
-    if (!reply.ok) {
-      const message = reply.body && reply.body.error ? reply.body.error : 'HTTP ' + reply.status;
-      throw new ApiError(reply.status, message);
-    }
-    return reply.body;
-  }
-
-  // ---- building the page ------------------------------------------------
-
-  // An element with attributes, handlers (on*) and children (strings
-  // become text nodes).
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value === undefined || value === null) continue;
-      if (name === 'class') node.className = value;
-      else if (name === 'text') node.textContent = value;
-      else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
-      else node.setAttribute(name, String(value));
-    }
-    for (const child of children) {
-      if (child === undefined || child === null) continue;
-      node.append(typeof child === 'string' ? document.createTextNode(child) : child);
-    }
-    return node;
-  }
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  function setText(id, text) {
-    $(id).textContent = text;
-  }
-
-  function notice(message, bad) {
-    const box = $('notice');
-    box.textContent = message;
-    box.className = bad ? 'notice bad' : 'notice';
-    box.hidden = !message;
-  }
-
-  const pad = (n) => String(n).padStart(2, '0');
-
-  // An RFC 3339 time of the API as local time; infinities as stored.
-  function when(value) {
-    if (!value) return '';
-    const date = new Date(value.replace(/(\.\d{3})\d+/, '$1'));
-    if (Number.isNaN(date.getTime())) return value;
-    return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate()) + ' ' +
-      pad(date.getHours()) + ':' + pad(date.getMinutes()) + ':' + pad(date.getSeconds());
-  }
-
-  function timeCell(value, cls) {
-    return el('td', { class: cls, title: value || undefined, text: when(value) });
-  }
-
-  function age(seconds) {
-    const s = Math.floor(seconds);
-    if (s < 60) return s + ' s';
-    if (s < 3600) return Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
-    if (s < 86400) return Math.floor(s / 3600) + ' h ' + pad(Math.floor(s % 3600 / 60)) + ' min';
-    return Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
-  }
-
-  const count = (n) => Number(n).toLocaleString('en-US');
-
-  function route(row) {
-    return (row.exchange === '' ? '(default)' : row.exchange) + ' → ' + row.routing_key;
-  }
-
-  function stateBadge(state) {
-    return el('span', { class: 'state ' + state, text: state });
-  }
+  const { $, admitted, api, apiOk, el, svg, setText, notice, pad, when, timeCell, count, age, route, stateBadge } =
+    window.OutboxConsole;
 
   // ---- the overview -----------------------------------------------------
 
@@ -216,7 +104,7 @@
     const rows = page.items.map((row) =>
       el('tr', { 'data-id': row.id, 'data-message-id': row.message_id },
         timeCell(row.dead_at),
-        el('td', {}, el('button', { type: 'button', class: 'link', text: row.message_id, onclick: () => openDetail(row.id) })),
+        el('td', {}, messageLink(row)),
         el('td', { class: 'route', text: route(row) }),
         el('td', { class: 'num', text: String(row.attempts) }),
         el('td', { class: 'error', text: row.last_error || '' }),
@@ -264,17 +152,74 @@
 
   // ---- search -------------------------------------------------------------
 
+  const FILTERS = ['message_id', 'routing_key', 'exchange', 'state'];
+  const TIMES = ['since', 'until'];
   let cursor = null;
   let query = '';
+
+  // The link to the search for one message: opened here, it shows the
+  // message's detail; opened anew (another tab, a bookmark, a colleague),
+  // the page with that search done.
+  function messageLink(row) {
+    const href = '/?' + new URLSearchParams({ message_id: row.message_id }).toString();
+    return el('a', {
+      class: 'link', href, text: row.message_id,
+      onclick: (e) => {
+        if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+        e.preventDefault();
+        openDetail(row.id);
+      },
+    });
+  }
+
+  // An RFC 3339 time as a datetime-local input's value, in local time.
+  function localInput(value) {
+    const date = new Date(value);
+    if (Number.isNaN(date.getTime())) return '';
+    return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate()) + 'T' +
+      pad(date.getHours()) + ':' + pad(date.getMinutes()) + ':' + pad(date.getSeconds());
+  }
+
+  // The search of the page's URL (its filters only), or null without one.
+  function urlQuery() {
+    const given = new URLSearchParams(window.location.search);
+    const params = new URLSearchParams();
+    for (const name of FILTERS.concat(TIMES)) {
+      const value = given.get(name);
+      if (value) params.set(name, value);
+    }
+    return params.toString() ? params : null;
+  }
+
+  // Shows `params` in the form, as if the user had typed it.
+  function fillForm(params) {
+    for (const name of FILTERS) $('f-' + name).value = params.get(name) || '';
+    for (const name of TIMES) $('f-' + name).value = params.get(name) ? localInput(params.get(name)) : '';
+  }
+
+  function clearResults() {
+    $('results').tBodies[0].replaceChildren();
+    $('more').hidden = true;
+    setText('results-note', '');
+  }
+
+  // A new history entry for the search `params` (none when the URL
+  // already is it: a reload or a repeated search adds nothing).
+  function remember(params) {
+    const url = params.toString() ? '/?' + params.toString() : '/';
+    if (url !== window.location.pathname + window.location.search) {
+      window.history.pushState(null, '', url);
+    }
+  }
 
   // The form as the list's query; local times become RFC 3339 UTC.
   function searchQuery() {
     const params = new URLSearchParams();
-    for (const name of ['message_id', 'routing_key', 'exchange', 'state']) {
+    for (const name of FILTERS) {
       const value = $('f-' + name).value.trim();
       if (value) params.set(name, value);
     }
-    for (const name of ['since', 'until']) {
+    for (const name of TIMES) {
       const value = $('f-' + name).value;
       if (value) params.set(name, new Date(value).toISOString());
     }
@@ -284,7 +229,7 @@
   function resultRow(row) {
     return el('tr', { 'data-id': row.id, 'data-message-id': row.message_id },
       el('td', { class: 'num', text: String(row.id) }),
-      el('td', {}, el('button', { type: 'button', class: 'link', text: row.message_id, onclick: () => openDetail(row.id) })),
+      el('td', {}, messageLink(row)),
       el('td', {}, stateBadge(row.state)),
       el('td', { class: 'route', text: route(row) }),
       timeCell(row.created_at, 'created'),
@@ -293,9 +238,11 @@
       el('td', { class: 'num', text: String(row.attempts) }));
   }
 
-  async function search(more) {
+  // The first page of `given` (the form's query when not given), or the
+  // next page of the current search (`more`).
+  async function search(more, given) {
     if (!more) {
-      query = searchQuery().toString();
+      query = (given || searchQuery()).toString();
       cursor = null;
     }
     const params = new URLSearchParams(query);
@@ -378,12 +325,20 @@
 
   $('search').addEventListener('submit', (e) => {
     e.preventDefault();
-    search(false);
+    const params = searchQuery();
+    remember(params);
+    search(false, params);
   });
   $('search').addEventListener('reset', () => {
-    $('results').tBodies[0].replaceChildren();
-    $('more').hidden = true;
-    setText('results-note', '');
+    clearResults();
+    remember(new URLSearchParams());
+  });
+  // Back and forward: the search of that history entry, done again.
+  window.addEventListener('popstate', () => {
+    const params = urlQuery();
+    fillForm(params || new URLSearchParams());
+    if (params) search(false, params);
+    else clearResults();
   });
   $('more').addEventListener('click', () => search(true));
   window.addEventListener('resize', () => drawChart(lastSeries));
@@ -392,6 +347,11 @@
   $('logout').addEventListener('click', logout);
 
   refresh();
+  const linked = urlQuery();
+  if (linked) {
+    fillForm(linked);
+    search(false, linked);
+  }
   setInterval(() => {
     if (!document.hidden) refresh();
   }, REFRESH_MS);
