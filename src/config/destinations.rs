@@ -1,4 +1,4 @@
-//! `--destination NAME=URL`, `--route PATTERN=NAME` and `--routes-file`:
+//! `--destination NAME=URL`, `--route PATTERN=NAME` and `--routing-file`:
 //! destinations other than the default broker and the rules that send rows
 //! to them. URLs may hold passwords or tokens: they are never printed
 //! (`Debug` shows the scheme and host only).
@@ -43,8 +43,8 @@ pub struct DestinationArgs {
     /// `[[destination]] name = "hooks"  url = "https://…"` and
     /// `[[route]] exchange = "orders.*"  destination = "hooks"`. Its entries
     /// come after --destination and --route.
-    #[arg(long, env = "OUTBOX_ROUTES_FILE", value_name = "PATH")]
-    pub routes_file: Option<PathBuf>,
+    #[arg(long, env = "OUTBOX_ROUTING_FILE", value_name = "PATH")]
+    pub routing_file: Option<PathBuf>,
 }
 
 /// `NAME=URL`.
@@ -101,7 +101,7 @@ impl std::str::FromStr for DestinationSpec {
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoutesFile {
+struct RoutingFile {
     #[serde(default)]
     destination: Vec<FileDestination>,
     #[serde(default)]
@@ -135,8 +135,8 @@ impl DestinationArgs {
     pub fn resolve(&self) -> Result<Routing, String> {
         let mut destinations = self.destinations.clone();
         let mut rules = self.routes.clone();
-        if let Some(path) = &self.routes_file {
-            let (more, more_rules) = read_routes_file(path)?;
+        if let Some(path) = &self.routing_file {
+            let (more, more_rules) = read_routing_file(path)?;
             destinations.extend(more);
             rules.extend(more_rules);
         }
@@ -161,24 +161,24 @@ impl DestinationArgs {
     }
 
     pub fn is_configured(&self) -> bool {
-        !self.destinations.is_empty() || !self.routes.is_empty() || self.routes_file.is_some()
+        !self.destinations.is_empty() || !self.routes.is_empty() || self.routing_file.is_some()
     }
 }
 
-fn read_routes_file(
+fn read_routing_file(
     path: &std::path::Path,
 ) -> Result<(Vec<DestinationSpec>, Vec<RouteRule>), String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--routes-file {shown}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--routing-file {shown}: {e}"))?;
     // toml's errors quote the offending line, which may hold a URL's
     // password: say where, not what.
-    let file: RoutesFile = toml::from_str(&text).map_err(|e| {
+    let file: RoutingFile = toml::from_str(&text).map_err(|e| {
         let at = e
             .span()
             .map(|s| format!(" at byte {}", s.start))
             .unwrap_or_default();
         format!(
-            "--routes-file {shown}: not valid TOML of [[destination]] and [[route]] tables{at}: {}",
+            "--routing-file {shown}: not valid TOML of [[destination]] and [[route]] tables{at}: {}",
             e.message()
         )
     })?;
@@ -187,13 +187,13 @@ fn read_routes_file(
         .into_iter()
         .map(|d| DestinationSpec::new(d.name.parse()?, &d.url))
         .collect::<Result<_, String>>()
-        .map_err(|e| format!("--routes-file {shown}: {e}"))?;
+        .map_err(|e| format!("--routing-file {shown}: {e}"))?;
     let rules = file
         .route
         .into_iter()
         .map(|r| RouteRule::new(&r.exchange, r.destination.parse()?))
         .collect::<Result<_, String>>()
-        .map_err(|e| format!("--routes-file {shown}: {e}"))?;
+        .map_err(|e| format!("--routing-file {shown}: {e}"))?;
     Ok((destinations, rules))
 }
 
@@ -225,7 +225,7 @@ mod tests {
         let args = DestinationArgs {
             destinations: vec!["hooks=http://127.0.0.1:1/".parse().unwrap()],
             routes: vec!["orders.*=nats".parse().unwrap()],
-            routes_file: None,
+            routing_file: None,
         };
         assert!(
             args.resolve()
@@ -248,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn a_routes_file_adds_destinations_and_rules_after_the_flags() {
+    fn a_routing_file_adds_destinations_and_rules_after_the_flags() {
         let dir = std::env::temp_dir().join(format!("routes-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("routes.toml");
@@ -260,7 +260,7 @@ mod tests {
         .unwrap();
         let args = DestinationArgs {
             routes: vec!["events.audit=amqp".parse().unwrap()],
-            routes_file: Some(path.clone()),
+            routing_file: Some(path.clone()),
             ..DestinationArgs::default()
         };
         let routing = args.resolve().unwrap();
