@@ -14,6 +14,7 @@ mod deliver;
 #[allow(dead_code)] // shared with the tests, which use more of it
 #[path = "../../tests/common/descriptors.rs"]
 mod descriptors;
+mod destinations;
 mod drains;
 mod ingress;
 mod ordered;
@@ -52,7 +53,9 @@ struct Options {
     /// scale-out; and large-backlog unless --quick), large-backlog (1M rows
     /// vs 100k, full size even with --quick), steady, producer, ingress
     /// (gRPC Publish vs direct inserts), deliver (the receiving side: the
-    /// relay delivering a queue to a gRPC worker vs a plain consumer).
+    /// relay delivering a queue to a gRPC worker vs a plain consumer),
+    /// destinations (NATS JetStream and Redis Streams drains vs their plain
+    /// clients; not in the default set).
     #[arg(long = "only", value_enum, default_values = ["drain", "steady", "producer", "ingress", "deliver"])]
     only: Vec<Group>,
     /// Pin RabbitMQ to CPU 0 and PostgreSQL, this process and the relays to
@@ -82,6 +85,10 @@ struct Options {
     /// relay's `--worker-prefetch` (whose default is 32).
     #[arg(long, default_value = "32", value_parser = clap::value_parser!(u16).range(1..))]
     deliver_prefetch: u16,
+    /// Rows per drain of the `destinations` group (and messages per plain
+    /// client run).
+    #[arg(long, default_value = "100000")]
+    destination_messages: usize,
     /// Rows of the `api` group's table.
     #[arg(long, default_value = "10000000")]
     api_rows: usize,
@@ -107,6 +114,9 @@ enum Group {
     /// Rows over 1, 100 and 10,000 ordering keys vs the unordered drain (not
     /// in the default set).
     Ordered,
+    /// NATS JetStream and Redis Streams: the relay's drain against a plain
+    /// client of each (not in the default set).
+    Destinations,
 }
 
 #[tokio::main]
@@ -117,6 +127,7 @@ async fn main() {
         opts.steady_secs = opts.steady_secs.min(3.0);
         opts.producer_secs = opts.producer_secs.min(2.0);
         opts.deliver_messages = opts.deliver_messages.min(20_000);
+        opts.destination_messages = opts.destination_messages.min(20_000);
     }
     let mut report = Report::new(&opts_line(&opts)).await;
     let pinner = match Pinner::new(opts.pin) {
@@ -173,6 +184,9 @@ async fn main() {
     }
     if opts.only.contains(&Group::Ordered) {
         ordered::run(&mut report, &channel, &queue, &opts).await;
+    }
+    if opts.only.contains(&Group::Destinations) {
+        destinations::run(&mut report, opts.destination_messages, opts.payload).await;
     }
     if opts.only.contains(&Group::Api) {
         api::run(&mut report, opts.api_rows).await;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes PostgreSQL and RabbitMQ available on 127.0.0.1 for the relay, its tests
-# and its benchmark, on a Debian or Ubuntu machine:
+# and its benchmark, and nats-server (with JetStream) and redis-server for the
+# NATS and Redis destinations, on a Debian or Ubuntu machine:
 #   - installs the Debian packages when a server is missing (needs root),
 #   - starts a server that is down, and leaves a running one alone,
 #   - waits (with a deadline) until each one answers,
@@ -19,6 +20,8 @@ set -euo pipefail
 PG_PORT=${PGPORT:-5432}
 PG_CLUSTER=${PG_CLUSTER:-main}
 AMQP_PORT=5672
+NATS_PORT=4222
+REDIS_PORT=6379
 DEADLINE_SECS=${SERVICES_DEADLINE_SECS:-120}
 
 say() { printf 'services: %s\n' "$*" >&2; }
@@ -150,6 +153,46 @@ ensure_rabbitmq() {
     || die "RabbitMQ is not ready; see /var/log/rabbitmq"
 }
 
+# nats-server with JetStream (the NATS destination's tests and benchmark;
+# the restart tests run their own on free ports). Its INFO line says whether
+# JetStream is on: a server without it cannot take the relay's publishes.
+nats_info() {
+  ( exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" && IFS= read -r -t 5 line <&3 && printf '%s' "$line" ) 2>/dev/null
+}
+
+nats_jetstream() { case "$(nats_info)" in *'"jetstream":true'*) return 0 ;; *) return 1 ;; esac; }
+
+ensure_nats() {
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+  local bin; bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if ! port_open "$NATS_PORT"; then
+    say "starting nats-server with JetStream"
+    as_root mkdir -p /var/lib/nats-server
+    as_root start-stop-daemon --start --oknodo --background --exec "$bin" -- \
+      -a 127.0.0.1 -p "$NATS_PORT" -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    wait_for "nats-server on 127.0.0.1:$NATS_PORT" nats_jetstream
+  fi
+  nats_jetstream || die "the nats-server on 127.0.0.1:$NATS_PORT answers without JetStream: restart it with -js"
+}
+
+# redis-server (the Redis destination's tests and benchmark; the restart
+# tests run their own on free ports with appendfsync always).
+redis_pong() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server redis-tools
+  fi
+  if ! port_open "$REDIS_PORT"; then
+    say "starting redis-server"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" \
+      --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_for "redis-server on 127.0.0.1:$REDIS_PORT" redis_pong
+  fi
+  redis_pong || die "redis-server on 127.0.0.1:$REDIS_PORT does not answer PING; see /var/log/redis/ci.log"
+}
+
 # PgBouncer for the pooler test (the test starts its own on a free port).
 ensure_pgbouncer() {
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
@@ -176,10 +219,12 @@ ensure_chromium() {
 
 ensure_postgres
 ensure_rabbitmq
+ensure_nats
+ensure_redis
 ensure_pgbouncer
 ensure_promtool
 ensure_groff
 ensure_chromium
 # Real TLS for both services (test CA, certificates, listeners): tls.sh.
 "$(dirname "$0")/tls.sh"
-say "PostgreSQL on 127.0.0.1:$PG_PORT and RabbitMQ on 127.0.0.1:$AMQP_PORT (TLS 5671) are up"
+say "PostgreSQL on 127.0.0.1:$PG_PORT, RabbitMQ on 127.0.0.1:$AMQP_PORT (TLS 5671), nats-server (JetStream) on 127.0.0.1:$NATS_PORT and redis-server on 127.0.0.1:$REDIS_PORT are up"

@@ -22,6 +22,7 @@
 mod lane;
 mod message;
 pub mod nats;
+mod params;
 pub mod redis;
 mod route;
 pub mod webhook;
