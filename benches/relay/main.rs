@@ -21,6 +21,7 @@ mod report;
 mod scenarios;
 mod statements;
 mod support;
+mod webhook;
 mod worker;
 
 use affinity::{PinMode, Pinner};
@@ -101,6 +102,9 @@ enum Group {
     /// The receiving side: `run --worker-addr` delivering a queue to a tonic
     /// worker, against a plain lapin consumer of the same queue.
     Deliver,
+    /// Webhook rows (100,000 at most) to an HTTP receiver vs plain POSTs
+    /// (not in the default set; temporary, until `destinations` calls it).
+    Webhook,
 }
 
 #[tokio::main]
@@ -164,6 +168,9 @@ async fn main() {
     }
     if opts.only.contains(&Group::Api) {
         api::run(&mut report, opts.api_rows).await;
+    }
+    if opts.only.contains(&Group::Webhook) {
+        webhook::webhook_rows(&mut report, opts.messages.min(100_000), opts.payload).await;
     }
     queue.delete(&channel).await;
     report.finish(&opts.out);
