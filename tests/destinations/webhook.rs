@@ -5,6 +5,7 @@
 //! relay killed mid-stream.
 
 mod receiver;
+mod tls;
 
 use crate::common::*;
 use receiver::{Answer, Receiver};
@@ -31,11 +32,19 @@ struct Hooks {
 
 impl Hooks {
     async fn new(name: &str) -> Self {
+        Self::with_receiver(name, None).await
+    }
+
+    /// With an HTTPS receiver when `tls` gives its certificate and key.
+    async fn with_receiver(name: &str, tls: Option<(&str, &str)>) -> Self {
         let env = TestEnv::new(name).await;
         let (key, text) = receiver::secret();
         let secret_file = std::env::temp_dir().join(format!("{}.whsec", env.schema));
         std::fs::write(&secret_file, format!("{text}\n")).unwrap();
-        let receiver = Receiver::start(key).await;
+        let receiver = match tls {
+            None => Receiver::start(key).await,
+            Some((cert, private)) => Receiver::start_tls(key, cert, private).await,
+        };
         Self {
             env,
             receiver,
@@ -46,8 +55,12 @@ impl Hooks {
     /// The destination URL: a receiver's query string to keep, and the
     /// relay's options (`extra`, `&`-joined) in the fragment.
     fn url(&self, extra: &str) -> String {
+        self.url_of("http", extra)
+    }
+
+    fn url_of(&self, scheme: &str, extra: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/in?tenant=t1#secret_file={}{extra}",
+            "{scheme}://127.0.0.1:{}/in?tenant=t1#secret_file={}{extra}",
             self.receiver.port,
             self.secret_file.display()
         )

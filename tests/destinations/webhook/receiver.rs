@@ -3,7 +3,7 @@
 //! records every attempt, answers as the test's [`Plan`] says (a status,
 //! `Retry-After`, a delay), and goes down on demand: its listener and every
 //! open connection closed, so the relay meets connection refused, as with a
-//! crashed receiver.
+//! crashed receiver. Over HTTPS too, with a certificate of the test's CA.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -64,6 +64,8 @@ pub struct Attempt {
 
 struct State {
     key: Vec<u8>,
+    /// Serves HTTPS with this, when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     plan: Mutex<Plan>,
     log: Mutex<Vec<Attempt>>,
 }
@@ -78,8 +80,31 @@ pub struct Receiver {
 impl Receiver {
     /// Listens on a port of its own; answers 200 until told otherwise.
     pub async fn start(key: Vec<u8>) -> Self {
+        Self::start_with(key, None).await
+    }
+
+    /// Like `start`, serving HTTPS with a certificate and its key (PEM).
+    pub async fn start_tls(key: Vec<u8>, cert_pem: &str, key_pem: &str) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with(key, Some(acceptor)).await
+    }
+
+    async fn start_with(key: Vec<u8>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let state = Arc::new(State {
             key,
+            tls,
             plan: Mutex::new(Box::new(|_, _| Answer::status(200))),
             log: Mutex::new(Vec::new()),
         });
@@ -159,16 +184,30 @@ async fn accept(listener: tokio::net::TcpListener, state: Arc<State>, stop: Canc
         };
         let state = state.clone();
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            match state.tls.clone() {
+                None => serve_connection(stream, state).await,
+                // A handshake the client refuses ends the connection.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        serve_connection(stream, state).await;
+                    }
+                }
+            }
         });
         while connections.try_join_next().is_some() {}
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
 
 async fn handle(
