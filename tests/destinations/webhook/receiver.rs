@@ -75,6 +75,9 @@ pub struct Receiver {
     pub port: u16,
     state: Arc<State>,
     serving: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// While down: the port, bound but not listening (connections to it are
+    /// refused), so that no other socket takes it meanwhile.
+    held: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl Receiver {
@@ -114,6 +117,7 @@ impl Receiver {
             port,
             state,
             serving: Mutex::new(None),
+            held: Mutex::new(None),
         };
         receiver.serve(listener);
         receiver
@@ -130,10 +134,12 @@ impl Receiver {
             stop.cancel();
             let _ = task.await;
         }
+        *self.held.lock().unwrap() = Some(reserve(self.port));
     }
 
     /// Listens again on the same port.
     pub async fn up(&self) {
+        drop(self.held.lock().unwrap().take());
         let listener = bind(self.port).await;
         self.serve(listener);
     }
@@ -162,12 +168,17 @@ impl Receiver {
 
 /// A listener on 127.0.0.1:`port` (0: any), reusable at once after `down`.
 async fn bind(port: u16) -> tokio::net::TcpListener {
+    reserve(port).listen(1024).unwrap()
+}
+
+/// A socket bound to 127.0.0.1:`port`, not listening.
+fn reserve(port: u16) -> tokio::net::TcpSocket {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_reuseaddr(true).unwrap();
     socket
         .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .expect("bind the receiver's port");
-    socket.listen(1024).unwrap()
+    socket
 }
 
 /// Serves connections until `stop`; then drops the listener and every
