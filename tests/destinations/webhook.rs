@@ -4,13 +4,14 @@
 //! for a minute holding back only its own rows, a slow receiver, and the
 //! relay killed mid-stream.
 
+mod fixture;
 mod receiver;
 mod tls;
 
 use crate::common::*;
-use receiver::{Answer, Receiver};
+use fixture::Hooks;
+use receiver::Answer;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,102 +23,6 @@ const RECEIVER_DOWN: Duration = Duration::from_secs(60);
 /// The longest pause the lane's breaker takes, plus a margin: the rows of a
 /// receiver that is back arrive within it.
 const BREAKER_CAP: Duration = Duration::from_secs(45);
-
-/// One test's schema and queue, its receiver and its secret.
-struct Hooks {
-    env: TestEnv,
-    receiver: Receiver,
-    secret_file: PathBuf,
-}
-
-impl Hooks {
-    async fn new(name: &str) -> Self {
-        Self::with_receiver(name, None).await
-    }
-
-    /// With an HTTPS receiver when `tls` gives its certificate and key.
-    async fn with_receiver(name: &str, tls: Option<(&str, &str)>) -> Self {
-        let env = TestEnv::new(name).await;
-        let (key, text) = receiver::secret();
-        let secret_file = std::env::temp_dir().join(format!("{}.whsec", env.schema));
-        std::fs::write(&secret_file, format!("{text}\n")).unwrap();
-        let receiver = match tls {
-            None => Receiver::start(key).await,
-            Some((cert, private)) => Receiver::start_tls(key, cert, private).await,
-        };
-        Self {
-            env,
-            receiver,
-            secret_file,
-        }
-    }
-
-    /// The destination URL: a receiver's query string to keep, and the
-    /// relay's options (`extra`, `&`-joined) in the fragment.
-    fn url(&self, extra: &str) -> String {
-        self.url_of("http", extra)
-    }
-
-    fn url_of(&self, scheme: &str, extra: &str) -> String {
-        format!(
-            "{scheme}://127.0.0.1:{}/in?tenant=t1#secret_file={}{extra}",
-            self.receiver.port,
-            self.secret_file.display()
-        )
-    }
-
-    /// `run` arguments routing `orders.*` to the receiver at `url`.
-    fn args(&self, url: &str, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
-            "--destination".to_owned(),
-            format!("hooks={url}"),
-            "--route".to_owned(),
-            "orders.*=hooks".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
-    }
-
-    async fn start(&self, url: &str, extra: &[&str]) -> Running {
-        let args = self.args(url, extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Running::start(self.env.run_args(&args)).await
-    }
-
-    /// `n` rows for the receiver, routing keys `{prefix}1`..; their message ids.
-    async fn insert(&self, n: usize, prefix: &str) -> Vec<String> {
-        let sql = format!(
-            "INSERT INTO {} (exchange, routing_key, payload, content_type, headers)
-             SELECT 'orders.created', $1 || g, convert_to('{{\"n\":' || g || '}}', 'UTF8'),
-                    'application/json', jsonb_build_object('x-tenant', 'acme', 'x-seq', g)
-             FROM generate_series(1, $2) g RETURNING message_id::text",
-            self.env.table()
-        );
-        let rows = self.env.pg.query(&sql, &[&prefix, &(n as i32)]).await;
-        rows.unwrap().iter().map(|r| r.get(0)).collect()
-    }
-
-    async fn pending(&self) -> i64 {
-        self.env
-            .scalar("SELECT count(*) FROM {t} WHERE sent_at IS NULL AND dead_at IS NULL")
-            .await
-    }
-
-    async fn settled(&self, within: Duration) -> bool {
-        wait_until(within, || async { self.pending().await == 0 }).await
-    }
-
-    async fn count(&self, condition: &str) -> i64 {
-        self.env
-            .scalar(&format!("SELECT count(*) FROM {{t}} WHERE {condition}"))
-            .await
-    }
-
-    async fn finish(self) {
-        let _ = std::fs::remove_file(&self.secret_file);
-        self.env.drop_schema().await;
-    }
-}
 
 #[tokio::test]
 async fn every_committed_row_arrives_once_signed_with_its_id_content_type_and_headers() {
