@@ -72,8 +72,7 @@ pub async fn run(report: &mut Report, n: usize, payload: usize) {
         &base,
         &relay,
     );
-    // webhook: benches/relay/webhook.rs
-    // (its `pub async fn webhook_rows(report, n, payload)` is called here)
+    crate::webhook::webhook_rows(report, n, payload).await;
 }
 
 fn rows(report: &mut Report, kind: &'static str, plain: &str, n: usize, base: &Run, relay: &Run) {

@@ -23,6 +23,7 @@ mod report;
 mod scenarios;
 mod statements;
 mod support;
+mod webhook;
 mod worker;
 
 use affinity::{PinMode, Pinner};
@@ -114,8 +115,8 @@ enum Group {
     /// Rows over 1, 100 and 10,000 ordering keys vs the unordered drain (not
     /// in the default set).
     Ordered,
-    /// NATS JetStream and Redis Streams: the relay's drain against a plain
-    /// client of each (not in the default set).
+    /// NATS JetStream, Redis Streams and HTTP webhooks: the relay's drain
+    /// against a plain client of each (not in the default set).
     Destinations,
 }
 

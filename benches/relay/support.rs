@@ -188,8 +188,8 @@ impl Schema {
             "INSERT INTO {} (routing_key, payload, content_type, headers, ordering_key)
              SELECT $1, convert_to(repeat('x', $2), 'UTF8'), 'application/octet-stream',
                     jsonb_build_object('seq', g),
-                    'key-' || ((hashint4(g) & 2147483647) % $5)
-             FROM generate_series($3, $4) g",
+                    'key-' || ((hashint4(g) & 2147483647) % $5::int)
+             FROM generate_series($3::int, $4::int) g",
             self.table()
         );
         let (keys, payload) = (keys as i32, payload as i32);

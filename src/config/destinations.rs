@@ -17,7 +17,9 @@ pub struct DestinationArgs {
     /// (OUTBOX_DESTINATIONS: `;`-separated). nats://host:4222 (tls:// for
     /// TLS) publishes to NATS JetStream, redis://host:6379/0 (rediss://) adds
     /// to Redis Streams, http(s)://host/path POSTs webhooks; each scheme's
-    /// options are query parameters of the URL (README, Destinations).
+    /// options are query parameters of the URL, but for http(s), whose query
+    /// is the receiver's: its options are in the fragment
+    /// (`#secret_file=PATH&max_in_flight=16`; README, Destinations).
     /// NAME: lowercase letters, digits, - and _; `amqp` is the default broker.
     #[arg(
         long = "destination",

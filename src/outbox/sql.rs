@@ -105,10 +105,13 @@ const DELETE_SENT: &str = "DELETE FROM {table} WHERE id = ANY($1::bigint[])";
 
 /// One statement for every failed row of a batch: attempts, error, backoff on
 /// the database's clock, and the dead-letter decision made by the caller.
+/// The backoff counts from `statement_timestamp()`, after the answer, not
+/// from `now()` (the claim's start, before the send): a destination's
+/// Retry-After is a pause from its answer.
 const RECORD_FAILURES: &str = "UPDATE {table} AS o
 SET attempts = COALESCE(o.attempts, 0) + 1,
     last_error = f.error,
-    available_at = now() + f.delay_ms * interval '1 millisecond',
+    available_at = statement_timestamp() + f.delay_ms * interval '1 millisecond',
     dead_at = CASE WHEN f.dead THEN now() END
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[]) AS f(id, error, delay_ms, dead)
 WHERE o.id = f.id";

@@ -11,6 +11,7 @@ mod common;
 mod nats;
 mod redis;
 mod servers;
+mod webhook;
 
 use common::*;
 use outbox_relay::config::RunArgs;
