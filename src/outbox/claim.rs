@@ -306,6 +306,7 @@ async fn record_failures(
         .map(|f| f.delay.as_secs_f64() * 1000.0)
         .collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    let counts: Vec<bool> = failures.iter().map(|f| f.counts).collect();
     client
         .query_typed(
             sql,
@@ -314,6 +315,7 @@ async fn record_failures(
                 (&errors, Type::TEXT_ARRAY),
                 (&delays, Type::FLOAT8_ARRAY),
                 (&dead, Type::BOOL_ARRAY),
+                (&counts, Type::BOOL_ARRAY),
             ],
         )
         .await?;

@@ -104,6 +104,9 @@ pub struct Failure {
     pub delay: Duration,
     /// Set `dead_at`: the row leaves the pending set but is kept.
     pub dead: bool,
+    /// An attempt of the row (else its destination was unreachable: the
+    /// failure says nothing about the message, `attempts` stays).
+    pub counts: bool,
 }
 
 /// Pool sizing and timeouts for [`connect_pool`].

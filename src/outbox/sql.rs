@@ -105,15 +105,19 @@ const DELETE_SENT: &str = "DELETE FROM {table} WHERE id = ANY($1::bigint[])";
 
 /// One statement for every failed row of a batch: attempts, error, backoff on
 /// the database's clock, and the dead-letter decision made by the caller.
+/// A failure that says nothing about the message (`counts` false: its
+/// destination was unreachable) records its error and backoff but not an
+/// attempt, so an outage never uses up a row's `--max-attempts`.
 /// The backoff counts from `statement_timestamp()`, after the answer, not
 /// from `now()` (the claim's start, before the send): a destination's
 /// Retry-After is a pause from its answer.
 const RECORD_FAILURES: &str = "UPDATE {table} AS o
-SET attempts = COALESCE(o.attempts, 0) + 1,
+SET attempts = COALESCE(o.attempts, 0) + CASE WHEN f.counts THEN 1 ELSE 0 END,
     last_error = f.error,
     available_at = statement_timestamp() + f.delay_ms * interval '1 millisecond',
     dead_at = CASE WHEN f.dead THEN now() END
-FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[]) AS f(id, error, delay_ms, dead)
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[], $5::bool[])
+     AS f(id, error, delay_ms, dead, counts)
 WHERE o.id = f.id";
 
 /// Removes up to `$2` rows sent more than `$1` seconds ago.
@@ -185,7 +189,8 @@ const ORDERING_BLOCKED: &str = "SELECT count(*),
         FILTER (WHERE isfinite(o.created_at)))::float8, 0), 0)
 FROM {table} AS o
 WHERE o.ordering_key IS NOT NULL AND o.sent_at IS NULL
-  AND ((o.dead_at IS NOT NULL AND NOT $1) OR (o.dead_at IS NULL AND o.attempts > 0))
+  AND ((o.dead_at IS NOT NULL AND NOT $1)
+       OR (o.dead_at IS NULL AND (o.attempts > 0 OR o.last_error IS NOT NULL)))
   AND NOT EXISTS (
       SELECT 1 FROM {table} AS p
       WHERE p.ordering_key = o.ordering_key AND p.ordering_seq < o.ordering_seq

@@ -344,8 +344,8 @@ impl Marker {
                 Fate::Failed(failure) => failure,
             };
             let attempt = u32::try_from(attempts).unwrap_or(0).saturating_add(1);
-            let dead = failure.counts_toward_dead_letter()
-                && (attempt >= self.settings.max_attempts || failure.is_permanent());
+            let counts = failure.counts_toward_dead_letter();
+            let dead = counts && (attempt >= self.settings.max_attempts || failure.is_permanent());
             let error = failure.to_string();
             let message_id = message_id.map(|m| m.to_string());
             let trace_id = trace::trace_id(claimed);
@@ -365,6 +365,7 @@ impl Marker {
                     .delay_random(attempt)
                     .max(failure.wait()),
                 dead,
+                counts,
             });
         }
         (sent, failures)

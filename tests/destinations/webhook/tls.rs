@@ -33,9 +33,17 @@ async fn an_https_receiver_is_verified_against_ca_file_and_an_unknown_ca_is_unre
     let ids = hooks.insert(5, "k").await;
     let wrong = hooks.url_of("https", &format!("&ca_file={}", untrusted.display()));
     let relay = hooks.start(&wrong, &["--max-attempts", "1"]).await;
-    let tried = wait_until(WITHIN, || async { hooks.count("attempts > 0").await == 5 }).await;
+    let tried = wait_until(WITHIN, || async {
+        hooks.count("last_error IS NOT NULL").await == 5
+    })
+    .await;
     relay.stop().await.unwrap();
     assert!(tried, "the rows were tried");
+    assert_eq!(
+        hooks.count("attempts > 0").await,
+        0,
+        "uncounted: no attempt used up"
+    );
     assert_eq!(
         hooks
             .count("sent_at IS NOT NULL OR dead_at IS NOT NULL")
