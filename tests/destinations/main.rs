@@ -8,6 +8,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod mixed;
 mod nats;
 mod redis;
 mod servers;

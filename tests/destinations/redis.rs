@@ -25,7 +25,7 @@ async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 /// Every entry of stream `key`, oldest first, and deletes the key.
-async fn read_all(url: &str, key: &str) -> Vec<Fields> {
+pub async fn read_all(url: &str, key: &str) -> Vec<Fields> {
     let mut conn = connection(url).await;
     let entries: Vec<(String, Fields)> = redis::cmd("XRANGE")
         .arg(key)
@@ -42,7 +42,7 @@ async fn read_all(url: &str, key: &str) -> Vec<Fields> {
     entries.into_iter().map(|(_, fields)| fields).collect()
 }
 
-fn text(fields: &Fields, name: &str) -> String {
+pub fn text(fields: &Fields, name: &str) -> String {
     String::from_utf8_lossy(fields.get(name).map_or(&[][..], Vec::as_slice)).into_owned()
 }
 

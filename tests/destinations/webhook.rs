@@ -4,7 +4,7 @@
 //! for a minute holding back only its own rows, a slow receiver, and the
 //! relay killed mid-stream.
 
-mod fixture;
+pub mod fixture;
 mod receiver;
 mod tls;
 
