@@ -23,6 +23,7 @@
 //! | [`outbox`] | the table: row types decoded defensively, all SQL (operators' browsing and stats included), the claim as an object (`Claim::finish` marks and commits), errors with PostgreSQL's words, migrations, LISTEN wake-ups; an o5 application's table (`outbox::o5`: its shape, claim and SQL) |
 //! | [`relay`] | the step: claim → publish → await confirms → mark; the pipelined worker step (the next batch sent while the previous one settles); the o5 table's step (`O5Relay`: claim → convert → publish → delete); backoff; dead-lettering; the worker loop over either (`Step`) with its adaptive idle poll, systemic-fault pauses and its supervisor; retention |
 //! | [`amqp`] | lapin connection and channels, encoding, confirm handling, reconnect, topology declaration |
+//! | [`destination`] | destinations other than the broker (NATS JetStream, Redis Streams, HTTP webhooks) behind one `Destination` trait with the AMQP path's contract; routing by exchange; a breaker and metrics per destination |
 //! | [`grpc`] | the gRPC ingress: publisher, topic services, o5 bridge, health, admission (metadata size, token), the connection-limited listener; conversion to `tonic::Status` in one place |
 //! | [`deliver`] | the receiving side: consume the worker application's queues, call its gRPC methods (plaintext or TLS) with the raw bodies, ack / retry (`<queue>.retry`) / dead-letter (`<queue>.dead`); its state for the health endpoints; the `dead-queue` command's operations |
 //! | [`proto`] | Rust code generated from `proto/` by `build.rs` (protox, no `protoc`) |
