@@ -271,7 +271,8 @@ async fn migrating_twice_is_a_no_op() {
             "0003_browse",
             "0004_text_message_id",
             "0005_route_indexes",
-            "0006_claim_function"
+            "0006_claim_function",
+            "0007_ordering_key"
         ])
     );
     let after: String = pg.query_one(snapshot, &[&schema]).await.unwrap().get(0);
@@ -503,7 +504,8 @@ async fn migration_0004_keeps_every_row_and_makes_message_id_text() {
         serde_json::json!([
             "0004_text_message_id",
             "0005_route_indexes",
-            "0006_claim_function"
+            "0006_claim_function",
+            "0007_ordering_key"
         ])
     );
     let after: String = pg.query_one(&snapshot, &[]).await.unwrap().get(0);

@@ -42,7 +42,7 @@ pub struct DestinationArgs {
     )]
     pub routes: Vec<RouteRule>,
     /// A TOML file of destinations and routes, for bigger setups:
-    /// `[[destination]] name = "hooks"  url = "https://…"` and
+    /// `[[destination]] name = "hooks"  url = "https://..."` and
     /// `[[route]] exchange = "orders.*"  destination = "hooks"`. Its entries
     /// come after --destination and --route.
     #[arg(long, env = "OUTBOX_ROUTING_FILE", value_name = "PATH")]
