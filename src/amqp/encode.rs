@@ -286,7 +286,8 @@ fn short(field: &str, value: String) -> Result<ShortString, EncodeError> {
     })
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for error messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -12,6 +12,7 @@ pub mod declare;
 mod encode;
 pub mod publish;
 
+pub(crate) use encode::json_kind;
 pub use encode::{
     EncodeError, Encoded, Limits, encode, encode_new, encode_traced, headers_table, table_to_json,
 };

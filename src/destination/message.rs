@@ -2,6 +2,7 @@
 //! the claim's borrow while the relay claims the next batch), with the
 //! row's headers as text.
 
+use crate::amqp::json_kind;
 use crate::outbox::OutboxRow;
 use crate::telemetry::TraceContext;
 use crate::telemetry::context::{TRACEPARENT, TRACESTATE};
@@ -76,17 +77,6 @@ fn header_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
