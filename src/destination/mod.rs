@@ -130,6 +130,22 @@ pub trait Destination: Send + Sync + 'static {
     }
 }
 
+/// The results of a batch that could not be sent at all (no connection):
+/// every message prepared for sending fails with `error`, every one that
+/// had already failed alone keeps its own reason.
+pub(crate) fn fail_all<T>(
+    prepared: Vec<Result<T, SendError>>,
+    error: &SendError,
+) -> Vec<Result<(), SendError>> {
+    prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok(_) => Err(error.clone()),
+            Err(own) => Err(own),
+        })
+        .collect()
+}
+
 /// Builds the destination of `spec`, without I/O: it connects on its first
 /// send and reconnects after a failure, so an unreachable destination at
 /// start delays only its rows. The error names what is wrong with the URL

@@ -22,7 +22,7 @@
 mod options;
 mod outgoing;
 
-use super::{Destination, Message, SendError};
+use super::{Destination, Message, SendError, fail_all};
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -247,20 +247,6 @@ fn unanswered(sending: &Sending<'_>) -> SendError {
     } else {
         SendError::Timeout(sending.timeout)
     }
-}
-
-/// `error` for every message that was not already failed alone.
-fn fail_all(
-    outgoing: Vec<Result<Outgoing, SendError>>,
-    error: &SendError,
-) -> Vec<Result<(), SendError>> {
-    outgoing
-        .into_iter()
-        .map(|o| match o {
-            Ok(_) => Err(error.clone()),
-            Err(own) => Err(own),
-        })
-        .collect()
 }
 
 #[cfg(test)]

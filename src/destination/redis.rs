@@ -25,12 +25,13 @@
 mod options;
 mod reply;
 
+use super::fail_all;
 use super::{Destination, Message, SendError};
 use futures::future::BoxFuture;
 use options::Settings;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
-use reply::{fail_all, settle, whole_batch};
+use reply::{settle, whole_batch};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;

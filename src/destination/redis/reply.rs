@@ -8,6 +8,7 @@
 use super::Entry;
 use super::options::Settings;
 use crate::destination::SendError;
+use crate::destination::fail_all;
 use redis::{RedisError, RedisResult, Value};
 use std::time::Duration;
 
@@ -85,20 +86,6 @@ pub(super) fn whole_batch(error: &RedisError, settings: &Settings, timeout: Dura
     } else {
         SendError::rejected(format!("Redis at {}: {error}", settings.shown))
     }
-}
-
-/// `error` for every message that was not already failed alone.
-pub(super) fn fail_all(
-    entries: Vec<Result<Entry, SendError>>,
-    error: &SendError,
-) -> Vec<Result<(), SendError>> {
-    entries
-        .into_iter()
-        .map(|e| match e {
-            Ok(_) => Err(error.clone()),
-            Err(own) => Err(own),
-        })
-        .collect()
 }
 
 #[cfg(test)]
